@@ -1,0 +1,83 @@
+"""Pure, batched rotation helpers (torch). Leading dimensions are free; gradients flow everywhere
+used in practice (the zero-angle and parallel-vector cases have finite gradients)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def skew(v: torch.Tensor) -> torch.Tensor:
+    """Cross-product matrix [v]x.
+
+    Args:
+        v: (..., 3).
+    Returns:
+        (..., 3, 3).
+    """
+    x, y, z = v.unbind(-1)
+    zero = torch.zeros_like(x)
+    return torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], dim=-1).reshape(*v.shape[:-1], 3, 3)
+
+
+def rotation_about_axis(angle: torch.Tensor, axis: torch.Tensor) -> torch.Tensor:
+    """Rotation by `angle` about a unit `axis` (Rodrigues), right-handed.
+
+    Args:
+        angle: (...,).
+        axis: (..., 3) unit vectors, broadcastable against angle[..., None].
+    Returns:
+        (..., 3, 3).
+    """
+    axis = axis.expand(*angle.shape, 3)
+    k = skew(axis)
+    eye = torch.eye(3, dtype=angle.dtype, device=angle.device)
+    s = torch.sin(angle)[..., None, None]
+    c = torch.cos(angle)[..., None, None]
+    return eye + s * k + (1.0 - c) * (k @ k)
+
+
+def axis_angle_to_matrix(axis_angle: torch.Tensor) -> torch.Tensor:
+    """Axis-angle vectors to rotation matrices, exact and differentiable at zero.
+
+    Args:
+        axis_angle: (..., 3).
+    Returns:
+        (..., 3, 3).
+    """
+    theta2 = (axis_angle * axis_angle).sum(-1)[..., None, None]
+    small = theta2 < 1e-12
+    safe2 = torch.where(small, torch.ones_like(theta2), theta2)
+    theta = torch.sqrt(safe2)
+    # sin(t)/t and (1-cos t)/t^2 with their Taylor series near zero.
+    a = torch.where(small, 1.0 - theta2 / 6.0, torch.sin(theta) / theta)
+    b = torch.where(small, 0.5 - theta2 / 24.0, (1.0 - torch.cos(theta)) / safe2)
+    k = skew(axis_angle)
+    eye = torch.eye(3, dtype=axis_angle.dtype, device=axis_angle.device)
+    return eye + a * k + b * (k @ k)
+
+
+def rotation_between_vectors(source: torch.Tensor, target: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Minimal rotation R with R·source ∥ target (inputs need not be unit).
+
+    Antiparallel inputs have no unique minimal rotation; there the result is a half turn about
+    an axis perpendicular to `source`.
+
+    Args:
+        source, target: (..., 3).
+    Returns:
+        (..., 3, 3).
+    """
+    a = source / source.norm(dim=-1, keepdim=True).clamp_min(eps)
+    b = target / target.norm(dim=-1, keepdim=True).clamp_min(eps)
+    v = torch.linalg.cross(a, b, dim=-1)
+    c = (a * b).sum(-1)[..., None, None]
+    k = skew(v)
+    eye = torch.eye(3, dtype=source.dtype, device=source.device)
+    antiparallel = c < -1.0 + 1e-6
+    general = eye + k + (k @ k) / torch.where(antiparallel, torch.ones_like(c), 1.0 + c)
+    # Half turn about a perpendicular axis: R = 2·n·nᵀ − I.
+    helper = torch.where(a[..., :1].abs() > 0.6, a.new_tensor([0.0, 1.0, 0.0]), a.new_tensor([1.0, 0.0, 0.0]))
+    n = torch.linalg.cross(a, helper, dim=-1)
+    n = n / n.norm(dim=-1, keepdim=True).clamp_min(eps)
+    half_turn = 2.0 * n[..., :, None] * n[..., None, :] - eye
+    return torch.where(antiparallel, half_turn, general)
