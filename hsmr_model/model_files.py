@@ -32,6 +32,33 @@ SKEL_VERSION = "1.1.1"
 KEYPOINT_REGRESSOR_VERSION = "hsmr-keypoints-44/1"
 
 
+@dataclass(frozen=True)
+class BodyModelPaths:
+    """Where the body-model files are. `from_root` gives the standard layout under one folder;
+    real files can also be named one by one."""
+
+    smpl: Path
+    skel_male: Path
+    skel_female: Path
+    keypoint_regressor: Path
+
+    @classmethod
+    def from_root(cls, root: Path | str) -> BodyModelPaths:
+        root = Path(root)
+        return cls(
+            smpl=root / "smpl" / "SMPL_NEUTRAL.pkl",
+            skel_male=root / "skel" / "skel_male.pkl",
+            skel_female=root / "skel" / "skel_female.pkl",
+            keypoint_regressor=root / "smpl" / "keypoint_regressor_44.npz",
+        )
+
+    def skel(self, sex: str) -> Path:
+        """SKEL has no neutral model: 'male' or 'female'."""
+        if sex not in ("male", "female"):
+            raise ValueError(f"SKEL models are 'male' or 'female' (there is no neutral SKEL), got {sex!r}")
+        return self.skel_male if sex == "male" else self.skel_female
+
+
 class ModelFileError(ValueError):
     """A body-model file is missing, of the wrong version, or malformed."""
 
@@ -356,15 +383,20 @@ def read_keypoint_regressor(path: Path | str, num_vertices: int = C.SMPL_NUM_VER
 
 
 def write_keypoint_regressor(path: Path | str, matrix: sp.spmatrix) -> None:
-    """Write a (44, V) keypoint regressor in the format `read_keypoint_regressor` reads."""
+    """Write a (44, V) keypoint regressor in the format `read_keypoint_regressor` reads (atomically)."""
     coo = sp.coo_matrix(matrix)
     if coo.shape[0] != C.NUM_KEYPOINTS:
         raise ValueError(f"expected {C.NUM_KEYPOINTS} rows, got {coo.shape[0]}")
-    np.savez(
-        Path(path),
-        version=np.array(KEYPOINT_REGRESSOR_VERSION),
-        names=np.array(C.KEYPOINT_NAMES),
-        rows=coo.row.astype(np.int64),
-        cols=coo.col.astype(np.int64),
-        values=coo.data.astype(np.float64),
-    )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as handle:  # a handle, so numpy does not append ".npz" to the name
+        np.savez(
+            handle,
+            version=np.array(KEYPOINT_REGRESSOR_VERSION),
+            names=np.array(C.KEYPOINT_NAMES),
+            rows=coo.row.astype(np.int64),
+            cols=coo.col.astype(np.int64),
+            values=coo.data.astype(np.float64),
+        )
+    tmp.replace(path)
