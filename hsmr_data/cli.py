@@ -1,0 +1,91 @@
+"""`hsmr`: the command line for the steps that have no Prefect flow yet.
+
+hsmr models synth --out storage/models      write the synthetic SMPL/SKEL stand-ins
+hsmr models check --root DIR                load and validate model files (real or synthetic)
+hsmr demo --models storage/models --out storage/demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from hsmr_model.model_files import BodyModelPaths, ModelFileError
+
+
+def _paths(args: argparse.Namespace) -> BodyModelPaths:
+    paths = BodyModelPaths.from_root(args.root)
+    overrides = {
+        "smpl": args.smpl,
+        "skel_male": args.skel_male,
+        "skel_female": args.skel_female,
+        "keypoint_regressor": args.keypoints,
+    }
+    return replace(paths, **{k: Path(v) for k, v in overrides.items() if v})
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from hsmr_data.synthetic.body_models import write_synthetic_models
+
+    paths = write_synthetic_models(args.out, seed=args.seed)
+    for name, path in asdict(paths).items():
+        print(f"{name:20s} {path}")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from hsmr_data.model_check import check_models
+
+    report = check_models(_paths(args))
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from hsmr_data.demo import run_demo
+
+    summary = run_demo(BodyModelPaths.from_root(args.models), Path(args.out), seed=args.seed)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hsmr", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    models = commands.add_parser("models", help="body-model files").add_subparsers(dest="action", required=True)
+    synth = models.add_parser("synth", help="write the synthetic SMPL and SKEL stand-ins in the official formats")
+    synth.add_argument("--out", required=True, help="folder to write smpl/ and skel/ into")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.set_defaults(run=_synth)
+
+    check = models.add_parser("check", help="load and validate model files, print a summary")
+    check.add_argument("--root", default="storage/models", help="folder in the standard layout")
+    check.add_argument("--smpl", help="SMPL_NEUTRAL.pkl or .npz (overrides the layout)")
+    check.add_argument("--skel-male", help="skel_male.pkl")
+    check.add_argument("--skel-female", help="skel_female.pkl")
+    check.add_argument("--keypoints", help="keypoint_regressor_44.npz")
+    check.set_defaults(run=_check)
+
+    demo = commands.add_parser("demo", help="load the models, pose bodies, write meshes and renders")
+    demo.add_argument("--models", default="storage/models")
+    demo.add_argument("--out", default="storage/demo")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(run=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except ModelFileError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
