@@ -1,0 +1,23 @@
+"""Shared fixtures: the synthetic body models are generated once per test session."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hsmr_model import skel_constants as C
+
+
+@pytest.fixture(scope="session")
+def model_paths(tmp_path_factory):
+    from hsmr_data.synthetic.body_models import write_synthetic_models
+
+    return write_synthetic_models(tmp_path_factory.mktemp("models"), seed=0)
+
+
+def random_poses_in_limits(rng: np.random.Generator, count: int) -> np.ndarray:
+    """q uniform inside every DoF's limits; the unlimited pelvis within ±π."""
+    lower, upper = C.dof_limits()
+    lower = np.where(np.isfinite(lower), lower, -np.pi)
+    upper = np.where(np.isfinite(upper), upper, np.pi)
+    return rng.uniform(lower, upper, size=(count, C.NUM_DOFS))
