@@ -111,6 +111,18 @@ def test_smpl_through_smplx_own_loader_and_ours_is_identical(model_paths, chumpy
     assert (a.vertices - theirs.v_template).abs().max() > 0.1  # really posed
 
 
+def test_python2_era_protocol0_smpl_pickle_loads_the_same(model_paths, tmp_path):
+    from hsmr_data.synthetic.body_models import smpl_model_dict, write_pickle
+    from hsmr_data.synthetic.humanoid import build_humanoid
+
+    old = tmp_path / "SMPL_NEUTRAL.pkl"
+    write_pickle(smpl_model_dict(build_humanoid("neutral", seed=0)), old, protocol=0)
+    assert "copy_reg._reconstructor" in _globals_in(old)  # the Python 2 names, as in v1.0 files
+    a, b = read_smpl_model(old), read_smpl_model(model_paths.smpl)
+    assert np.array_equal(a.v_template, b.v_template) and np.array_equal(a.posedirs, b.posedirs)
+    assert (a.J_regressor != b.J_regressor).nnz == 0
+
+
 def test_smpl_npz_loads_like_the_pkl(model_paths, tmp_path):
     model = read_smpl_model(model_paths.smpl)
     npz = tmp_path / "SMPL_NEUTRAL.npz"

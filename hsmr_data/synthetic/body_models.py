@@ -272,12 +272,12 @@ def smpl_model_dict(humanoid: Humanoid) -> dict[str, Any]:
     }
 
 
-def write_pickle(data: dict[str, Any], path: Path) -> None:
-    """Write atomically (temporary name, then rename), protocol 2 as the official files use."""
+def write_pickle(data: dict[str, Any], path: Path, protocol: int = 2) -> None:
+    """Write atomically (temporary name, then rename); protocol 2 by default, as the official files."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     with _as_chumpy_module(), tmp.open("wb") as handle:
-        pickle.dump(data, handle, protocol=2)
+        pickle.dump(data, handle, protocol=protocol)
     tmp.replace(path)
 
 
