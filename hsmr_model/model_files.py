@@ -170,6 +170,18 @@ def load_pickle_restricted(path: Path | str, hint: str = "") -> dict[str, Any]:
     return {key: _plain(value) for key, value in data.items()}
 
 
+def load_npz_restricted(path: Path | str, hint: str = "") -> dict[str, np.ndarray]:
+    """Load every array of an .npz; object arrays (which would unpickle) are refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(path, "file not found", hint)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {key: archive[key] for key in archive.files}
+    except (ValueError, OSError, EOFError) as err:
+        raise ModelFileError(path, f"unreadable .npz ({err}); object arrays are refused", hint) from err
+
+
 # ------------------------------------------------------------------------------------ validation
 @dataclass(frozen=True)
 class _Check:
@@ -243,13 +255,7 @@ def read_smpl_model(path: Path | str) -> SmplModelData:
     path = Path(path)
     check = _Check(path, SMPL_SOURCE_HINT)
     if path.suffix == ".npz":
-        if not path.is_file():
-            raise ModelFileError(path, "file not found", SMPL_SOURCE_HINT)
-        try:
-            with np.load(path, allow_pickle=False) as archive:
-                data = {key: archive[key] for key in archive.files}
-        except ValueError as err:
-            raise ModelFileError(path, f"unreadable .npz ({err}); object arrays are refused", SMPL_SOURCE_HINT) from err
+        data = load_npz_restricted(path, SMPL_SOURCE_HINT)
     elif path.suffix == ".pkl":
         data = load_pickle_restricted(path, SMPL_SOURCE_HINT)
     else:
@@ -360,13 +366,7 @@ def read_keypoint_regressor(path: Path | str, num_vertices: int = C.SMPL_NUM_VER
     path = Path(path)
     hint = "It is written next to the SMPL model by `hsmr models synth`."
     check = _Check(path, hint)
-    if not path.is_file():
-        raise ModelFileError(path, "file not found", hint)
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            data = {key: archive[key] for key in archive.files}
-    except ValueError as err:
-        raise ModelFileError(path, f"unreadable .npz ({err})", hint) from err
+    data = load_npz_restricted(path, hint)
     version = str(check.require(data, "version"))
     if version != KEYPOINT_REGRESSOR_VERSION:
         raise check.fail("version", f"expected '{KEYPOINT_REGRESSOR_VERSION}', found '{version}'")
