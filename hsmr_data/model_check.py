@@ -11,6 +11,7 @@ from hsmr_model.skel_layer import SKELLayer
 from hsmr_model.smpl_layer import build_smpl
 
 
+@torch.no_grad()
 def check_models(paths: BodyModelPaths) -> dict:
     """Load every file (raising `ModelFileError` on the first bad one) and run a rest-pose forward.
 
