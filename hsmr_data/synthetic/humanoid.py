@@ -160,13 +160,13 @@ def _arm(cage: QuadCage, face: int, side: float) -> None:
 
 def _head(cage: QuadCage, face: int) -> None:
     rings = [  # (y, half-width, half-depth, z centre)
-        (1.49, 0.062, 0.066, -0.015),
-        (1.53, 0.064, 0.070, -0.01),
-        (1.575, 0.090, 0.105, 0.01),
-        (1.655, 0.106, 0.125, 0.005),
-        (1.745, 0.106, 0.125, 0.0),
-        (1.815, 0.078, 0.095, -0.005),
-        (1.845, 0.036, 0.048, -0.005),
+        (1.475, 0.062, 0.066, -0.015),
+        (1.51, 0.064, 0.070, -0.01),
+        (1.545, 0.090, 0.105, 0.01),
+        (1.615, 0.106, 0.125, 0.005),
+        (1.70, 0.106, 0.125, 0.0),
+        (1.765, 0.078, 0.095, -0.005),
+        (1.79, 0.036, 0.048, -0.005),
     ]
     faces = []
     for y, w, d, zc in rings:
@@ -175,11 +175,11 @@ def _head(cage: QuadCage, face: int) -> None:
     # Face plane and nose: the front of the 1.665–1.75 segment.
     verts = np.array(cage.vertices)
     front = max(
-        (i for i, f in enumerate(cage.faces) if abs(verts[f].mean(0)[1] - 1.70) < 0.01),
+        (i for i, f in enumerate(cage.faces) if abs(verts[f].mean(0)[1] - 1.6575) < 0.01),
         key=lambda i: verts[cage.faces[i]].mean(0)[2],
     )
-    front = cage.extrude(front, (0.0, 1.69, 0.140), X, Y, 0.070, 0.040)
-    cage.extrude(front, (0.0, 1.68, 0.150), X, Y, 0.016, 0.020)
+    front = cage.extrude(front, (0.0, 1.65, 0.140), X, Y, 0.070, 0.040)
+    cage.extrude(front, (0.0, 1.64, 0.150), X, Y, 0.016, 0.020)
 
 
 # ------------------------------------------------------------------------------------- rigging
@@ -200,7 +200,7 @@ def design_points(p: Proportions) -> dict[str, np.ndarray]:
     sx = p.shoulder - 0.01
     return _mirror({
         "pelvis": (0.0, 0.935, 0.0), "spine1": (0.0, 1.04, -0.015), "spine2": (0.0, 1.17, -0.015),
-        "spine3": (0.0, 1.23, -0.01), "neck": (0.0, 1.455, -0.02), "head": (0.0, 1.575, 0.0),
+        "spine3": (0.0, 1.23, -0.01), "neck": (0.0, 1.455, -0.02), "head": (0.0, 1.545, 0.0),
         "hip_r": (-0.09, 0.87, 0.0), "knee_r": (-(LEG_X - 0.005), 0.49, 0.0),
         "ankle_r": (-(LEG_X - 0.01), 0.085, -0.015), "foot_r": (-(LEG_X - 0.01), 0.025, 0.12),
         "collar_r": (-0.075, 1.41, -0.015), "shoulder_r": (-(sx - 0.005), ARM_Y, ARM_Z),
@@ -212,15 +212,15 @@ def design_points(p: Proportions) -> dict[str, np.ndarray]:
         "scapula_r": (-0.09, 1.375, -0.07), "humerus_r": (-(sx - 0.005), ARM_Y, ARM_Z),
         "ulna_r": (-0.485, ARM_Y, ARM_Z), "radius_r": (-0.505, ARM_Y, ARM_Z), "skel_hand_r": (-0.69, ARM_Y, ARM_Z),
         # surface keypoints: the nearest skin to these points
-        "eye_r": (-0.035, 1.71, 0.25), "ear_r": (-0.14, 1.69, 0.0), "big_toe_r": (-(LEG_X - 0.035), 0.01, 0.32),
+        "eye_r": (-0.035, 1.665, 0.25), "ear_r": (-0.14, 1.645, 0.0), "big_toe_r": (-(LEG_X - 0.035), 0.01, 0.32),
         "small_toe_r": (-(LEG_X + 0.02), 0.01, 0.30), "heel_r": (-(LEG_X - 0.01), 0.0, -0.16),
         "top": (0.0, 2.0, 0.0),
         # interior keypoints of the extra set
-        "neck_lsp": (0.0, 1.52, -0.01), "thorax_mpii": (0.0, 1.43, 0.0), "spine_h36m": (0.0, 1.12, -0.02),
-        "jaw_h36m": (0.0, 1.59, 0.06), "head_h36m": (0.0, 1.68, 0.0),
+        "neck_lsp": (0.0, 1.50, -0.01), "thorax_mpii": (0.0, 1.43, 0.0), "spine_h36m": (0.0, 1.12, -0.02),
+        "jaw_h36m": (0.0, 1.555, 0.06), "head_h36m": (0.0, 1.64, 0.0),
         # ends of the leaf segments, for skinning
         "toe_tip_r": (-(LEG_X - 0.01), 0.02, 0.24), "finger_tip_r": (-0.95, ARM_Y, ARM_Z),
-        "head_top": (0.0, 1.86, 0.0),
+        "head_top": (0.0, 1.80, 0.0),
     })  # fmt: skip
 
 
@@ -368,8 +368,9 @@ def skinning_weights(vertices, faces, starts, ends, iterations: int = 14, keep: 
     for _ in range(iterations):
         weights = 0.5 * weights + 0.5 * (mean_neighbour @ weights)
     # Keep the strongest few influences, as LBS rigs do, and renormalise.
-    cutoff = -np.sort(-weights, axis=1)[:, keep - 1 : keep]
-    weights = np.where((weights >= cutoff) & (weights > 1e-3), weights, 0.0)
+    strongest = np.zeros_like(weights, dtype=bool)
+    np.put_along_axis(strongest, np.argsort(-weights, axis=1)[:, :keep], True, axis=1)
+    weights = np.where(strongest & (weights > 1e-3), weights, 0.0)
     return weights / weights.sum(1, keepdims=True)
 
 
@@ -430,8 +431,8 @@ def pose_directions(vertices, normals, smpl_joints, rng: np.random.Generator) ->
     """Small smooth correctives around each SMPL joint for the (R − I) features. (V, 3, 207)."""
     directions = np.zeros((len(vertices), 3, 23 * 9))
     for j in range(1, 24):
-        falloff = np.exp(-np.sum((vertices - smpl_joints[j]) ** 2, axis=1) / (2 * 0.05**2))
-        amplitude = rng.normal(scale=0.002, size=9)
+        falloff = np.exp(-np.sum((vertices - smpl_joints[j]) ** 2, axis=1) / (2 * 0.06**2))
+        amplitude = rng.normal(scale=0.003, size=9)
         for k in range(9):
             directions[:, :, (j - 1) * 9 + k] = amplitude[k] * falloff[:, None] * normals
     return directions
