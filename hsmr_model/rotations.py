@@ -81,3 +81,32 @@ def rotation_between_vectors(source: torch.Tensor, target: torch.Tensor, eps: fl
     n = n / n.norm(dim=-1, keepdim=True).clamp_min(eps)
     half_turn = 2.0 * n[..., :, None] * n[..., None, :] - eye
     return torch.where(antiparallel, half_turn, general)
+
+
+def matrix_to_rotation_6d(matrix: torch.Tensor) -> torch.Tensor:
+    """The first two rows of each rotation, flattened. (..., 3, 3) → (..., 6)."""
+    return matrix[..., :2, :].flatten(-2)
+
+
+def rotation_6d_to_matrix(six: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Two rows (not necessarily orthonormal) → the nearest rotation by Gram–Schmidt. (..., 6) → (..., 3, 3)."""
+    first, second = six[..., :3], six[..., 3:]
+    b1 = first / first.norm(dim=-1, keepdim=True).clamp_min(eps)
+    second = second - (b1 * second).sum(-1, keepdim=True) * b1
+    b2 = second / second.norm(dim=-1, keepdim=True).clamp_min(eps)
+    return torch.stack([b1, b2, torch.linalg.cross(b1, b2, dim=-1)], dim=-2)
+
+
+def matrix_to_euler(matrix: torch.Tensor, order: str) -> torch.Tensor:
+    """Tait–Bryan angles (a, b, c) with R = R_A(a)·R_B(b)·R_C(c) for `order` = "ABC" (three different axes).
+
+    The middle angle is in [−π/2, π/2], the others in (−π, π]. (..., 3, 3) → (..., 3).
+    """
+    i, j, k = ("XYZ".index(axis) for axis in order)
+    if len({i, j, k}) != 3:
+        raise ValueError(f"order must name three different axes, got {order!r}")
+    sign = 1.0 if (i, j, k) in ((0, 1, 2), (1, 2, 0), (2, 0, 1)) else -1.0
+    middle = torch.asin((sign * matrix[..., i, k]).clamp(-1.0 + 1e-7, 1.0 - 1e-7))
+    first = torch.atan2(-sign * matrix[..., j, k], matrix[..., k, k])
+    last = torch.atan2(-sign * matrix[..., i, j], matrix[..., i, i])
+    return torch.stack([first, middle, last], dim=-1)
