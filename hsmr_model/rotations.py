@@ -106,7 +106,8 @@ def matrix_to_euler(matrix: torch.Tensor, order: str) -> torch.Tensor:
     if len({i, j, k}) != 3:
         raise ValueError(f"order must name three different axes, got {order!r}")
     sign = 1.0 if (i, j, k) in ((0, 1, 2), (1, 2, 0), (2, 0, 1)) else -1.0
-    middle = torch.asin((sign * matrix[..., i, k]).clamp(-1.0 + 1e-7, 1.0 - 1e-7))
+    # atan2 of the sine over the cosine stays accurate next to gimbal lock, where asin does not.
+    middle = torch.atan2(sign * matrix[..., i, k], torch.hypot(matrix[..., i, i], matrix[..., i, j]))
     first = torch.atan2(-sign * matrix[..., j, k], matrix[..., k, k])
     last = torch.atan2(-sign * matrix[..., i, j], matrix[..., i, i])
     return torch.stack([first, middle, last], dim=-1)

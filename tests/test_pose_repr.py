@@ -79,7 +79,7 @@ def test_wrong_extraction_order_breaks_the_round_trip():
     humerus = C.BONE_FIRST_DOF[15]
     right = matrix_to_euler(rotations[:, 15], "ZYX").flip(-1)
     wrong = matrix_to_euler(rotations[:, 15], "XYZ").flip(-1)
-    assert torch.allclose(right, q[:, humerus : humerus + 3], atol=1e-6)  # shoulder_y reaches ±π/2
+    assert torch.allclose(right, q[:, humerus : humerus + 3], atol=1e-6)  # shoulder_y reaches ±π/2 (gimbal lock)
     assert (wrong - q[:, humerus : humerus + 3]).abs().max() > 0.1
 
 
