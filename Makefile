@@ -27,7 +27,7 @@ demo: models
 	$(BIN)/hsmr demo --models $(MODELS) --out storage/demo
 
 bench: models
-	$(BIN)/python bench/body_models.py --models $(MODELS) --out storage/bench/body_models.json
+	$(BIN)/python bench/bench_body_models.py --models $(MODELS) --out storage/bench/body_models.json
 
 lint: setup
 	$(BIN)/ruff check .

@@ -4,7 +4,7 @@ Bodies per second at batch 1, 64 and 1024, for the full skin mesh and for joints
 and, where one is present, on CUDA. Results go to a JSON file; the ratio (ours / reference) is the
 figure to quote, since absolute times depend on the machine.
 
-    python bench/body_models.py --models storage/models --out storage/bench/body_models.json
+    python bench/bench_body_models.py --models storage/models --out storage/bench/body_models.json
 """
 
 from __future__ import annotations
