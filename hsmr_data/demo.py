@@ -38,7 +38,8 @@ def _render(vertices: np.ndarray, faces: np.ndarray, view: str = "front") -> np.
 
 
 def run_demo(paths: BodyModelPaths, out_dir: Path, seed: int = 0, count: int = 4) -> dict:
-    """Pose `count` random male and female SKEL bodies; write OBJ meshes and a PNG contact sheet.
+    """Pose `count` random male and female SKEL bodies; write OBJ meshes and a PNG contact sheet
+    (SMPL at rest, then per sex a row of skins and a row of their skeleton meshes).
 
     Returns:
         A JSON-ready summary: the model check, what was written, and timings.
@@ -68,6 +69,7 @@ def run_demo(paths: BodyModelPaths, out_dir: Path, seed: int = 0, count: int = 4
             write_obj(out_dir / name, vertices, tri)
             summary["written"].append(str(out_dir / name))
         rows.append(np.concatenate([_render(v, layer.faces.numpy()) for v in skin], axis=1))
+        rows.append(np.concatenate([_render(v, layer.skel_faces.numpy()) for v in skeleton], axis=1))
 
     sheet = out_dir / "bodies.png"
     write_png(sheet, np.concatenate(rows, axis=0))
