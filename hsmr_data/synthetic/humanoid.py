@@ -60,6 +60,7 @@ PROPORTIONS = {
 }
 
 LEG_X = 0.105
+FACE_RING_Y = 1.70
 ARM_Y, ARM_Z = 1.375, -0.01
 
 
@@ -123,23 +124,10 @@ def _leg(cage: QuadCage, face: int, side: float, p: Proportions) -> None:
     for y, x, a, b, zc in rings:
         face = cage.extrude(face, (side * x, y, zc), X, Z, a, b)
     # Foot: the front face of the last (ankle-to-sole) segment, pushed forward.
-    foot = _front_face_of_last_segment(cage, face)
+    foot = cage.side_face(face, Z)
     x = side * (LEG_X - 0.01)
     for z, y, a, b in ((0.08, 0.048, 0.054, 0.038), (0.15, 0.036, 0.056, 0.028), (0.205, 0.026, 0.048, 0.018)):
         foot = cage.extrude(foot, (x, y, z), X, Y, a, b)
-
-
-def _front_face_of_last_segment(cage: QuadCage, end_face: int) -> int:
-    end = cage.faces[end_face]
-    verts = np.array(cage.vertices)
-    best, best_z = None, -np.inf
-    for index, face in enumerate(cage.faces):
-        shared = set(face) & set(end)
-        if len(shared) == 2 and index != end_face:
-            z = verts[face].mean(axis=0)[2]
-            if z > best_z:
-                best, best_z = index, z
-    return best
 
 
 def _arm(cage: QuadCage, face: int, side: float) -> None:
@@ -168,16 +156,10 @@ def _head(cage: QuadCage, face: int) -> None:
         (1.765, 0.078, 0.095, -0.005),
         (1.79, 0.036, 0.048, -0.005),
     ]
-    faces = []
     for y, w, d, zc in rings:
         face = cage.extrude(face, (0.0, y, zc), X, Z, w, d)
-        faces.append(face)
-    # Face plane and nose: the front of the 1.665–1.75 segment.
-    verts = np.array(cage.vertices)
-    front = max(
-        (i for i, f in enumerate(cage.faces) if abs(verts[f].mean(0)[1] - 1.6575) < 0.01),
-        key=lambda i: verts[cage.faces[i]].mean(0)[2],
-    )
+        if y == FACE_RING_Y:  # the face plane and nose grow from the front of this segment
+            front = cage.side_face(face, Z)
     front = cage.extrude(front, (0.0, 1.65, 0.140), X, Y, 0.070, 0.040)
     cage.extrude(front, (0.0, 1.64, 0.150), X, Y, 0.016, 0.020)
 

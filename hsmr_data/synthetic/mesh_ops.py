@@ -55,6 +55,12 @@ class QuadCage:
         self.faces[face_index] = new_ids
         return face_index
 
+    def side_face(self, end_face: int, direction) -> int:
+        """Of the faces around the end of the last extruded segment, the one furthest along `direction`."""
+        end = set(self.faces[end_face])
+        sides = [i for i, f in enumerate(self.faces) if i != end_face and len(end & set(f)) == 2]
+        return max(sides, key=lambda i: np.mean([self.vertices[v] for v in self.faces[i]], axis=0) @ direction)
+
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         return np.array(self.vertices), np.array(self.faces, dtype=np.int64)
 
