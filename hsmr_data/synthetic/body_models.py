@@ -52,12 +52,8 @@ LEFT_ARM = (20, 21, 22, 23)
 
 
 def _rot(axis: str, degrees: float) -> np.ndarray:
-    c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
-    return {
-        "x": np.array([[1, 0, 0], [0, c, -s], [0, s, c]]),
-        "y": np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]]),
-        "z": np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]]),
-    }[axis]
+    unit = np.eye(3)["xyz".index(axis)]
+    return axis_angle_to_matrix(torch.as_tensor(unit * np.radians(degrees))).numpy()
 
 
 def bone_frames() -> np.ndarray:
