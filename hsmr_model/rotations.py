@@ -111,3 +111,53 @@ def matrix_to_euler(matrix: torch.Tensor, order: str) -> torch.Tensor:
     first = torch.atan2(-sign * matrix[..., j, k], matrix[..., k, k])
     last = torch.atan2(-sign * matrix[..., i, j], matrix[..., i, i])
     return torch.stack([first, middle, last], dim=-1)
+
+
+def matrix_to_quaternion(matrix: torch.Tensor) -> torch.Tensor:
+    """Rotation matrices to unit quaternions (w, x, y, z) with w >= 0.
+
+    Every candidate of Shepperd's method is computed and the best-conditioned one (largest
+    denominator) is kept, so angles near π are as accurate as small ones.
+
+    Args:
+        matrix: (..., 3, 3).
+    Returns:
+        (..., 4).
+    """
+    m = matrix
+    m00, m11, m22 = m[..., 0, 0], m[..., 1, 1], m[..., 2, 2]
+    # 4·q_i² for i = w, x, y, z.
+    squares = torch.stack([1 + m00 + m11 + m22, 1 + m00 - m11 - m22, 1 - m00 + m11 - m22, 1 - m00 - m11 + m22], -1)
+    roots = torch.sqrt(squares.clamp_min(1e-12))  # 2·|q_i|
+    d10, d01 = m[..., 1, 0], m[..., 0, 1]
+    d20, d02 = m[..., 2, 0], m[..., 0, 2]
+    d21, d12 = m[..., 2, 1], m[..., 1, 2]
+    candidates = torch.stack(
+        [
+            torch.stack([roots[..., 0] ** 2, d21 - d12, d02 - d20, d10 - d01], -1),
+            torch.stack([d21 - d12, roots[..., 1] ** 2, d10 + d01, d02 + d20], -1),
+            torch.stack([d02 - d20, d10 + d01, roots[..., 2] ** 2, d21 + d12], -1),
+            torch.stack([d10 - d01, d02 + d20, d21 + d12, roots[..., 3] ** 2], -1),
+        ],
+        dim=-2,
+    ) / (2 * roots[..., None])
+    best = squares.argmax(-1)
+    quat = torch.gather(candidates, -2, best[..., None, None].expand(*best.shape, 1, 4))[..., 0, :]
+    quat = quat / quat.norm(dim=-1, keepdim=True)
+    return torch.where(quat[..., :1] < 0, -quat, quat)
+
+
+def matrix_to_axis_angle(matrix: torch.Tensor) -> torch.Tensor:
+    """Rotation matrices to axis-angle vectors with angle in [0, π] (the inverse of axis_angle_to_matrix).
+
+    Args:
+        matrix: (..., 3, 3).
+    Returns:
+        (..., 3).
+    """
+    quat = matrix_to_quaternion(matrix)
+    sin_half = quat[..., 1:].norm(dim=-1, keepdim=True)
+    angle = 2 * torch.atan2(sin_half, quat[..., :1])
+    # angle / sin(angle/2) → 2 as the angle → 0.
+    factor = torch.where(sin_half < 1e-6, 2.0 + angle**2 / 12, angle / sin_half.clamp_min(1e-12))
+    return quat[..., 1:] * factor

@@ -117,3 +117,16 @@ def test_gradients_flow_and_are_correct():
     target = q_to_target88(_poses(3, seed=6)).detach().requires_grad_(True)
     assert torch.autograd.gradcheck(target88_to_q, (target,))
     assert torch.autograd.gradcheck(target88_to_bone_rotations, (target,))
+
+
+def test_matrix_to_axis_angle_inverts_axis_angle_to_matrix_up_to_pi():
+    from hsmr_model.rotations import axis_angle_to_matrix, matrix_to_axis_angle
+
+    generator = torch.Generator().manual_seed(3)
+    axes = torch.nn.functional.normalize(torch.randn(4000, 3, generator=generator, dtype=torch.float64), dim=-1)
+    angles = torch.rand(4000, 1, generator=generator, dtype=torch.float64) * (torch.pi - 1e-6)
+    angles[:10] = 1e-9  # the near-identity branch
+    angles[10:20] = torch.pi - 1e-7  # the near-half-turn branch
+    axis_angle = axes * angles
+    recovered = matrix_to_axis_angle(axis_angle_to_matrix(axis_angle))
+    assert torch.allclose(recovered, axis_angle, atol=1e-6)
