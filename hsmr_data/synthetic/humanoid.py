@@ -36,6 +36,7 @@ from hsmr_data.synthetic.mesh_ops import (
     shorter_diagonals,
     split_longest_edges,
     triangulate,
+    vertex_normals,
 )
 from hsmr_model import skel_constants as C
 
@@ -354,15 +355,6 @@ def skinning_weights(vertices, faces, starts, ends, iterations: int = 14, keep: 
     np.put_along_axis(strongest, np.argsort(-weights, axis=1)[:, :keep], True, axis=1)
     weights = np.where(strongest & (weights > 1e-3), weights, 0.0)
     return weights / weights.sum(1, keepdims=True)
-
-
-def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    tri = vertices[faces]
-    face_normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    normals = np.zeros_like(vertices)
-    for k in range(3):
-        np.add.at(normals, faces[:, k], face_normals)
-    return normals / np.linalg.norm(normals, axis=1, keepdims=True).clip(1e-12)
 
 
 # ------------------------------------------------------------------------------ shape and pose
