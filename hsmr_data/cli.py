@@ -2,6 +2,8 @@
 
 hsmr models synth --out storage/models      write the synthetic SMPL/SKEL stand-ins
 hsmr models check --root DIR                load and validate model files (real or synthetic)
+hsmr data synth --n N --out DIR [--seed S] [--hard-fraction F]
+                                            the synthetic dataset (tars, ground truth, contact sheet)
 hsmr demo --models storage/models --out storage/demo
 """
 
@@ -33,6 +35,26 @@ def _synth(args: argparse.Namespace) -> int:
     paths = write_synthetic_models(args.out, seed=args.seed)
     for name, path in asdict(paths).items():
         print(f"{name:20s} {path}")
+    return 0
+
+
+def _ensure_models(root: Path) -> BodyModelPaths:
+    """The models under `root`; the synthetic stand-ins are written there first if it holds none."""
+    paths = BodyModelPaths.from_root(root)
+    if not any(p.exists() for p in asdict(paths).values()):
+        from hsmr_data.synthetic.body_models import write_synthetic_models
+
+        print(f"no body models under {root}: writing the synthetic stand-ins there", file=sys.stderr)
+        write_synthetic_models(root)
+    return paths
+
+
+def _data_synth(args: argparse.Namespace) -> int:
+    from hsmr_data.synthetic.world import SynthConfig, generate_dataset
+
+    config = SynthConfig(count=args.n, seed=args.seed, hard_fraction=args.hard_fraction, dataset=args.dataset)
+    summary = generate_dataset(_ensure_models(Path(args.models)), Path(args.out), config)
+    print(json.dumps(asdict(summary), indent=2))
     return 0
 
 
@@ -69,6 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--skel-female", help="skel_female.pkl")
     check.add_argument("--keypoints", help="keypoint_regressor_44.npz")
     check.set_defaults(run=_check)
+
+    data = commands.add_parser("data", help="datasets").add_subparsers(dest="action", required=True)
+    data_synth = data.add_parser("synth", help="write the synthetic dataset: HMR2.0-style tars plus the hidden truth")
+    data_synth.add_argument("--n", type=int, required=True, help="number of people")
+    data_synth.add_argument("--out", required=True, help="output folder (shards/, truth/, contact_sheet.png)")
+    data_synth.add_argument("--seed", type=int, default=0)
+    data_synth.add_argument("--hard-fraction", type=float, default=0.2, help="share of MOYO-like hard poses and views")
+    data_synth.add_argument("--dataset", default="synth", help="dataset name, the prefix of every sample key")
+    data_synth.add_argument("--models", default="storage/models", help="body models (synthetic ones written if absent)")
+    data_synth.set_defaults(run=_data_synth)
 
     demo = commands.add_parser("demo", help="load the models, pose bodies, write meshes and renders")
     demo.add_argument("--models", default="storage/models")

@@ -92,6 +92,19 @@ def bone_rotations(q: torch.Tensor) -> torch.Tensor:
     return torch.stack(bones, dim=1)
 
 
+def rotation_to_bone_dofs(rotation: torch.Tensor, bone: int) -> torch.Tensor:
+    """The three DoF values of a 3-DoF bone that compose to `rotation` (the inverse of bone_rotations).
+
+    Args:
+        rotation: (B, 3, 3); bone: one of C.BONES_3DOF.
+    Returns:
+        (B, 3) in q order.
+    """
+    order, signs = _CONVENTIONS[bone]
+    angles = matrix_to_euler(rotation, order).flip(-1)
+    return angles * torch.as_tensor(signs, dtype=rotation.dtype, device=rotation.device)
+
+
 def q_to_target88(q: torch.Tensor) -> torch.Tensor:
     """Euler DoFs (B, 46) → the 88-D network target (B, 88)."""
     rotations = bone_rotations(q)
@@ -116,9 +129,7 @@ def target88_to_q(target: torch.Tensor) -> torch.Tensor:
         first = C.BONE_FIRST_DOF[block.bone]
         values = target[:, block.start : block.stop]
         if block.kind == "6d":
-            order, signs = _CONVENTIONS[block.bone]
-            angles = matrix_to_euler(rotation_6d_to_matrix(values), order).flip(-1)
-            q[:, first : first + 3] = angles * torch.as_tensor(signs, dtype=target.dtype, device=target.device)
+            q[:, first : first + 3] = rotation_to_bone_dofs(rotation_6d_to_matrix(values), block.bone)
         elif block.kind == "cos_sin":
             q[:, first] = torch.atan2(-values[:, 1], values[:, 0])
         else:
