@@ -28,6 +28,7 @@ demo: models
 
 bench: models
 	$(BIN)/python bench/bench_body_models.py --models $(MODELS) --out storage/bench/body_models.json
+	$(BIN)/python bench/bench_synth.py --models $(MODELS) --out storage/bench/synth.json
 
 lint: setup
 	$(BIN)/ruff check .

@@ -50,7 +50,7 @@ def fit_smpl_to_vertices(
     target_vertices: torch.Tensor,
     skel_world_rotations: torch.Tensor,
     betas: torch.Tensor,
-    max_evaluations: int = 40,
+    max_iterations: int = 30,
 ) -> SmplFit:
     """Fit SMPL (pose, shape, translation) to meshes of the same topology.
 
@@ -64,7 +64,7 @@ def fit_smpl_to_vertices(
     transl = (target_vertices - start).mean(1)
     params = [p.detach().clone().requires_grad_(True) for p in (global_orient, body_pose, betas, transl)]
     optimizer = torch.optim.LBFGS(
-        params, lr=1.0, max_iter=max_evaluations, line_search_fn="strong_wolfe", tolerance_change=1e-12
+        params, lr=1.0, max_iter=max_iterations, line_search_fn="strong_wolfe", tolerance_change=1e-12
     )
 
     def closure() -> torch.Tensor:
