@@ -25,7 +25,7 @@ import torch
 
 from hsmr_data.synthetic.poses import sample_true_poses
 from hsmr_data.synthetic.render import rasterize, shade
-from hsmr_data.synthetic.world import BodyModels, SynthConfig, cluttered_background, clothing_colours, generate_dataset
+from hsmr_data.synthetic.world import BodyModels, SynthConfig, clothing_colours, cluttered_background, generate_dataset
 from hsmr_model.model_files import BodyModelPaths
 
 RENDER_BUDGET_S = 0.1
