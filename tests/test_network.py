@@ -1,0 +1,268 @@
+"""The HSMR network (ViT backbone, decoder head, ViTPose checkpoints) and its training losses."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hsmr_model import skel_constants as C
+from hsmr_model.camera import DEFAULT_DEPTH, FOCAL_NORMALISED, project
+from hsmr_model.model_files import read_keypoint_regressor
+from hsmr_model.network import (
+    HSMRNetwork,
+    ViTBackbone,
+    ViTConfig,
+    count_parameters,
+    crop_vit_input,
+    load_vitpose_backbone,
+    mean_pose,
+    network_config,
+    normalize_imagenet,
+    weak_perspective_to_translation,
+)
+from hsmr_model.pose_repr import bone_rotations, q_to_target88
+from hsmr_model.regressor import VertexRegressor
+from hsmr_model.skel_layer import SKELLayer
+
+
+@pytest.fixture(scope="module")
+def skel(model_paths):
+    return SKELLayer.from_file(model_paths.skel("male"))
+
+
+@pytest.fixture(scope="module")
+def regressor(model_paths):
+    return VertexRegressor.from_sparse(read_keypoint_regressor(model_paths.keypoint_regressor).matrix)
+
+
+def _poses(count: int, seed: int) -> torch.Tensor:
+    """q in the central half of every DoF's limits; the pelvis near the mean pose, on its Euler branch."""
+    rng = np.random.default_rng(seed)
+    lower, upper = C.dof_limits()
+    lower, upper = np.where(np.isfinite(lower), lower, 0.0), np.where(np.isfinite(upper), upper, 0.0)
+    q = (lower + upper) / 2 + (upper - lower) / 4 * rng.uniform(-1, 1, size=(count, C.NUM_DOFS))
+    q[:, 0] = math.pi + rng.uniform(-0.3, 0.3, count)
+    q[:, 0] = np.where(q[:, 0] > math.pi, q[:, 0] - 2 * math.pi, q[:, 0])  # Euler extraction returns (−π, π]
+    q[:, 1:3] = rng.uniform(-0.3, 0.3, size=(count, 2))
+    return torch.as_tensor(q, dtype=torch.float32)
+
+
+# ------------------------------------------------------------------------------- network shapes
+@pytest.mark.parametrize("pose_target", ["88d", "euler"])
+def test_tiny_network_output_shapes_and_starting_point(pose_target):
+    torch.manual_seed(0)
+    net = HSMRNetwork(network_config("tiny", pose_target))
+    out = net(torch.rand(2, 3, 256, 256))
+    shapes = {name: tuple(value.shape) for name, value in vars(out).items()}
+    assert shapes == {
+        "target88": (2, 88),
+        "q": (2, 46),
+        "bone_rotations": (2, 24, 3, 3),
+        "betas": (2, 10),
+        "cam": (2, 3),
+        "cam_t": (2, 3),
+    }
+    # Small read-outs: an untrained network predicts about the mean body and camera.
+    assert torch.allclose(out.cam, torch.tensor([[0.9, 0.0, 0.0]]).expand(2, 3), atol=0.05)
+    assert out.betas.abs().max() < 0.05
+    eye = torch.eye(3)
+    assert torch.allclose(out.bone_rotations[:, 1:], eye.expand(2, 23, 3, 3), atol=0.05)
+    assert net.backbone(torch.zeros(1, 3, 256, 192)).shape == (1, 64, 16, 12)
+
+
+def test_paper_sizes_have_the_paper_parameter_counts():
+    # Meta tensors: the sizes without allocating 2.5 GB for ViT-H.
+    with torch.device("meta"):
+        base, huge = HSMRNetwork(network_config("B")), HSMRNetwork(network_config("H"))
+    assert count_parameters(base.backbone) == pytest.approx(86e6, rel=0.01)  # ViT-B/16
+    assert count_parameters(huge.backbone) == pytest.approx(632e6, rel=0.01)  # ViT-H/16
+    assert count_parameters(base.head) == pytest.approx(36.3e6, rel=0.01)
+
+
+def test_vit_b_runs_one_image():
+    torch.manual_seed(0)
+    with torch.no_grad():
+        tokens = ViTBackbone(network_config("B").backbone)(torch.zeros(1, 3, 256, 192))
+    assert tokens.shape == (1, 768, 16, 12) and torch.isfinite(tokens).all()
+
+
+def test_input_is_the_central_256x192_normalised_with_imagenet_statistics():
+    images = torch.arange(256.0).expand(1, 3, 256, 256)
+    cut = crop_vit_input(images)
+    assert cut.shape == (1, 3, 256, 192)
+    assert cut[0, 0, 0, 0] == 32 and cut[0, 0, 0, -1] == 223
+    mean_colour = torch.tensor([0.485, 0.456, 0.406])[None, :, None, None].expand(1, 3, 4, 4)
+    assert torch.allclose(normalize_imagenet(mean_colour), torch.zeros(1, 3, 4, 4), atol=1e-6)
+    one_std_above = mean_colour + torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    assert torch.allclose(normalize_imagenet(one_std_above), torch.ones(1, 3, 4, 4))
+
+
+def test_drop_path_is_random_in_training_and_off_in_evaluation():
+    torch.manual_seed(0)
+    backbone = ViTBackbone(ViTConfig(dim=32, depth=2, heads=2, mlp_dim=64, drop_path=0.5))
+    images = torch.rand(4, 3, 256, 192)
+    backbone.train()
+    assert not torch.allclose(backbone(images), backbone(images))
+    backbone.eval()
+    assert torch.equal(backbone(images), backbone(images))
+
+
+# ----------------------------------------------------------------------------- pose and camera
+def test_weak_perspective_camera_becomes_the_translation_that_projects_alike():
+    cam = torch.tensor([[0.9, 0.1, -0.2], [0.45, 0.0, 0.3]])
+    t = weak_perspective_to_translation(cam)
+    assert torch.allclose(t[:, :2], cam[:, 1:])
+    assert torch.allclose(t[:, 2], 2 * 5000 / (256 * cam[:, 0]))
+    assert t[0, 2] == pytest.approx(DEFAULT_DEPTH)
+    # Points on the plane z = 0 land where the weak-perspective camera puts them: s·(X + t) in [−1, 1] units.
+    points = torch.tensor([[[0.3, -0.8, 0.0], [-0.2, 0.5, 0.0]]]).expand(2, 2, 3)
+    expected = cam[:, None, :1] * (points[..., :2] + cam[:, None, 1:]) / 2
+    assert torch.allclose(project(points, t, FOCAL_NORMALISED), expected, atol=1e-6)
+
+
+def test_mean_pose_is_an_upright_body_facing_the_camera(skel, regressor):
+    q = mean_pose("euler")[None]
+    assert q[0, 0] == pytest.approx(math.pi) and q[0, 1:].abs().max() == 0
+    assert torch.allclose(mean_pose("88d")[None], q_to_target88(q), atol=1e-6)
+    kp = skel.keypoints(q, torch.zeros(1, 10), None, regressor)[0]
+    nose, r_shoulder, l_shoulder, head_top, pelvis = kp[[0, 2, 5, 38, 39]]
+    assert head_top[1] < pelvis[1] - 0.5  # camera y points down: the head is up in the image
+    assert nose[2] < pelvis[2] - 0.1  # the face is nearer the camera than the pelvis
+    assert r_shoulder[0] < l_shoulder[0]  # facing us, the person's right is on the image's left
+
+
+@pytest.mark.parametrize("pose_target", ["88d", "euler"])
+def test_head_with_zero_deltas_outputs_the_q_set_as_its_mean(pose_target):
+    torch.manual_seed(0)
+    net = HSMRNetwork(network_config("tiny", pose_target))
+    q = _poses(1, seed=3)
+    with torch.no_grad():
+        net.head.mean_pose.copy_((q_to_target88(q) if pose_target == "88d" else q)[0])
+        for linear in (net.head.dec_pose, net.head.dec_betas, net.head.dec_cam):
+            linear.weight.zero_()
+            linear.bias.zero_()
+    out = net(torch.rand(3, 3, 256, 256))
+    assert torch.allclose(out.q, q.expand(3, -1), atol=1e-4)
+    assert torch.allclose(out.target88, q_to_target88(q).expand(3, -1), atol=1e-5)
+    assert torch.allclose(out.bone_rotations, bone_rotations(q).expand(3, -1, -1, -1), atol=1e-5)
+    assert torch.equal(out.betas, torch.zeros(3, 10))
+    assert torch.equal(out.cam_t, weak_perspective_to_translation(torch.tensor([[0.9, 0.0, 0.0]])).expand(3, 3))
+
+
+# ------------------------------------------------------------------------- ViTPose checkpoints
+def _as_vitpose(backbone: ViTBackbone, cls_slot: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Our weights spelled as a ViTPose checkpoint (mmpose/models/backbones/vit.py), written out by hand."""
+    ours = backbone.state_dict()
+    state = {
+        "patch_embed.proj.weight": ours["patch_embed.weight"],
+        "patch_embed.proj.bias": ours["patch_embed.bias"],
+        # ViTPose adds its class-token slot to every patch's embedding.
+        "pos_embed": torch.cat([cls_slot, ours["pos_embed"] - cls_slot], dim=1),
+        "last_norm.weight": ours["norm.weight"],
+        "last_norm.bias": ours["norm.bias"],
+    }
+    names = {"norm1": "attn_norm", "attn.qkv": "attn.qkv", "attn.proj": "attn.out", "norm2": "mlp_norm",
+             "mlp.fc1": "mlp.fc_in", "mlp.fc2": "mlp.fc_out"}  # fmt: skip
+    for i in range(len(backbone.blocks)):
+        for theirs, mine in names.items():
+            for kind in ("weight", "bias"):
+                state[f"blocks.{i}.{theirs}.{kind}"] = ours[f"blocks.{i}.{mine}.{kind}"]
+    return state
+
+
+def _vitpose_forward(state: dict[str, torch.Tensor], images: torch.Tensor, heads: int) -> torch.Tensor:
+    """ViTPose's backbone forward written from its source, straight on a ViTPose state dict."""
+    x = F.conv2d(images, state["patch_embed.proj.weight"], state["patch_embed.proj.bias"], stride=16, padding=2)
+    batch, dim, rows, cols = x.shape
+    x = x.flatten(2).transpose(1, 2)
+    x = x + state["pos_embed"][:, 1:] + state["pos_embed"][:, :1]
+    depth = len({key.split(".")[1] for key in state if key.startswith("blocks.")})
+    for i in range(depth):
+        p = {key.removeprefix(f"blocks.{i}."): v for key, v in state.items() if key.startswith(f"blocks.{i}.")}
+        h = F.layer_norm(x, (dim,), p["norm1.weight"], p["norm1.bias"], eps=1e-6)
+        qkv = F.linear(h, p["attn.qkv.weight"], p["attn.qkv.bias"]).reshape(batch, -1, 3, heads, dim // heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        weights = ((q * (dim // heads) ** -0.5) @ k.transpose(-2, -1)).softmax(-1)
+        h = (weights @ v).transpose(1, 2).reshape(batch, -1, dim)
+        x = x + F.linear(h, p["attn.proj.weight"], p["attn.proj.bias"])
+        h = F.layer_norm(x, (dim,), p["norm2.weight"], p["norm2.bias"], eps=1e-6)
+        h = F.linear(
+            F.gelu(F.linear(h, p["mlp.fc1.weight"], p["mlp.fc1.bias"])), p["mlp.fc2.weight"], p["mlp.fc2.bias"]
+        )
+        x = x + h
+    x = F.layer_norm(x, (dim,), state["last_norm.weight"], state["last_norm.bias"], eps=1e-6)
+    return x.permute(0, 2, 1).reshape(batch, dim, rows, cols)
+
+
+def test_vitpose_checkpoint_round_trip_gives_identical_outputs(tmp_path):
+    torch.manual_seed(0)
+    config = network_config("tiny").backbone
+    source, target = ViTBackbone(config).eval(), ViTBackbone(config).eval()
+    state = _as_vitpose(source, cls_slot=0.1 * torch.randn(1, 1, config.dim))
+    checkpoint = {"state_dict": {**{f"backbone.{k}": v for k, v in state.items()},
+                                 "keypoint_head.final_layer.weight": torch.zeros(17, 256, 1, 1)},
+                  "meta": {"epoch": 210}}  # fmt: skip
+    torch.save(checkpoint, tmp_path / "vitpose.pth")
+    report = load_vitpose_backbone(target, tmp_path / "vitpose.pth")
+    assert report.missing == [] and report.unexpected == [] and report.pos_embed_resized_from is None
+    assert report.ignored == ["keypoint_head.final_layer.weight"]
+    images = torch.randn(2, 3, 256, 192)
+    with torch.no_grad():
+        ours = target(images)
+        assert torch.allclose(ours, source(images), atol=1e-5)
+        assert torch.allclose(ours, _vitpose_forward(state, images, config.heads), atol=1e-5)
+    # Into a whole network too, from a flat state dict without prefixes.
+    torch.save(state, tmp_path / "flat.pth")
+    net = HSMRNetwork(network_config("tiny"))
+    load_vitpose_backbone(net, tmp_path / "flat.pth")
+    assert torch.allclose(net.backbone.pos_embed, source.pos_embed, atol=1e-6)
+
+
+def test_vitpose_loader_reports_missing_unexpected_and_mismatched_keys(tmp_path):
+    torch.manual_seed(0)
+    config = network_config("tiny").backbone
+    backbone = ViTBackbone(config)
+    state = _as_vitpose(backbone, torch.zeros(1, 1, config.dim))
+    del state["blocks.1.mlp.fc2.weight"]
+    state["blocks.0.attn.relative_position_bias"] = torch.zeros(3)
+    torch.save(state, tmp_path / "partial.pth")
+    with pytest.raises(ValueError, match=r"blocks\.1\.mlp\.fc_out\.weight.*blocks\.0\.attn\.relative_position_bias"):
+        load_vitpose_backbone(backbone, tmp_path / "partial.pth")
+    report = load_vitpose_backbone(backbone, tmp_path / "partial.pth", strict=False)
+    assert report.missing == ["blocks.1.mlp.fc_out.weight"]
+    assert report.unexpected == ["blocks.0.attn.relative_position_bias"]
+
+    state = _as_vitpose(backbone, torch.zeros(1, 1, config.dim))
+    state["last_norm.weight"] = torch.ones(config.dim + 1)
+    torch.save(state, tmp_path / "wide.pth")
+    with pytest.raises(ValueError, match=r"norm\.weight: ours \(64,\), checkpoint \(65,\)"):
+        load_vitpose_backbone(backbone, tmp_path / "wide.pth")
+
+
+def test_vitpose_loader_interpolates_a_square_positional_grid_and_refuses_odd_ones(tmp_path):
+    torch.manual_seed(0)
+    config = network_config("tiny").backbone
+    backbone = ViTBackbone(config)
+    state = _as_vitpose(backbone, torch.zeros(1, 1, config.dim))
+    state["pos_embed"] = torch.ones(1, 1 + 14 * 14, config.dim)  # MAE pre-training on 224×224
+    torch.save(state, tmp_path / "mae.pth")
+    assert load_vitpose_backbone(backbone, tmp_path / "mae.pth").pos_embed_resized_from == (14, 14)
+    assert torch.allclose(backbone.pos_embed, torch.full_like(backbone.pos_embed, 2.0))  # constant + class slot
+    state["pos_embed"] = torch.ones(1, 1 + 150, config.dim)
+    torch.save(state, tmp_path / "odd.pth")
+    with pytest.raises(ValueError, match="150 patch tokens"):
+        load_vitpose_backbone(backbone, tmp_path / "odd.pth")
+
+
+class _NotWeights:
+    pass
+
+
+def test_vitpose_loader_refuses_checkpoints_with_arbitrary_objects(tmp_path):
+    torch.save({"state_dict": {"pos_embed": torch.zeros(1)}, "hook": _NotWeights()}, tmp_path / "evil.pth")
+    with pytest.raises(ValueError, match="weights-only"):
+        load_vitpose_backbone(ViTBackbone(network_config("tiny").backbone), tmp_path / "evil.pth")
