@@ -1,0 +1,519 @@
+"""Training shards from one version of the label table: WebDataset tars of crops and SKEL labels.
+
+Which people go in (as HSMR's loader decides): every person of the source dataset shards whose label
+row passed the filters, with has_pose = has_betas = 1; and, with has_pose = has_betas = 0, those whose
+label was filtered out (or holds NaN) but whose keypoints are usable (`keypoints_ok`), because their
+2D keypoints still train the network. Filtered people without usable keypoints, people with no label
+row, and label rows with no person in the source are left out and counted.
+
+Layout, versioned by the label-table version because wids caches shards by URL:
+
+    out_dir/v{version}/index.json                      wids shard index (written last)
+    out_dir/v{version}/{dataset}/shard-000000.tar      the samples
+    out_dir/v{version}/{dataset}/shard-000000.json     that shard's listing: its index entry and keys
+
+One sample per person; `__key__` is the sample id (`{image key}_{personid}`, dot-free: webdataset
+splits keys at dots). Its entries:
+
+- `jpg`: the 256×256 crop, bilinear, HMR2.0-style: a square of side max(scale)·200 px around `center`,
+  black outside the image. Crop pixel (u, v), continuous (pixel i spans [i, i+1)), shows image point
+  center + (u/256 − ½, v/256 − ½)·side.
+- `npz`: float32 arrays, written without pickle (read with `np.load(..., allow_pickle=False)`):
+  q (46), betas (10), trans (3, crop-camera translation), target88 (88, `pose_repr.q_to_target88`),
+  has_pose (), has_betas (); the mirrored label of the horizontally flipped crop (`hsmr_model.flip`):
+  q_flip (46), trans_flip (3), target88_flip (88) (β does not change); keypoints_2d (44, 3) x, y in
+  normalised crop coordinates ([−½, ½] inside the crop) and the raw confidence, keypoints_2d_px
+  (44, 3) the same in crop pixels, keypoints_2d_flip (44, 3) normalised, for the flipped crop;
+  keypoints_3d (44, 4) and keypoints_3d_flip (44, 4) as the source gives them (x mirrored);
+  center (2) and scale (2), the crop box in the source image. Where has_pose is 0 the label arrays
+  hold the filtered label (zeros if it was not finite): mask them, never train on them. Confidences
+  are raw: the 0.3 floor of HSMR's loader (`filters.clean_confidences`) is the reader's choice.
+- `json`: sample_id, dataset, round and source of the label, label_version, format.
+
+Order and bytes: datasets by name, source shards by file name, people within a source shard by
+sample id (a global sort would hold every image in memory; sources written in key order, like the
+synthetic ones, come out globally sorted). Tar headers are fixed (mtime 0, fixed owner and mode)
+and the npz members carry a fixed date, so the same inputs give the same bytes.
+
+Sharding: a shard closes before the sample that would follow `maxcount` samples or `maxsize` bytes
+of entries, as webdataset's ShardWriter does; shards are written with its TarWriter one by one so
+that a finished shard can be skipped. Resume: a shard is written under a temporary name, renamed,
+and then listed (its .json, written the same way). A later run with the same parameters skips a
+shard whose tar exists and whose listing matches, consuming its samples without encoding them, and
+rewrites anything else; so an interrupted export completes with the bytes of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import zipfile
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+import webdataset as wds
+from deltalake import DeltaTable
+from PIL import Image
+from webdataset import TarWriter
+
+from hsmr_data.hmr2_format import check_key, read_shards
+from hsmr_data.label_table import read_labels
+from hsmr_data.quarantine import Quarantine
+from hsmr_data.records import PersonSample
+from hsmr_data.synthetic.world import CROP_SIZE
+from hsmr_model import flip
+from hsmr_model.pose_repr import q_to_target88
+
+FORMAT = "hsmr-train-shard/1"
+JPEG_QUALITY = 95
+_TAR_HEADER = {"mtime": 0, "user": "hsmr", "group": "hsmr", "mode": 0o444}
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # the earliest date a zip entry can hold: fixed, so npz bytes repeat
+_DATASET_NAME = re.compile(r"[A-Za-z0-9_-]+")  # a directory name and part of shard URLs
+_SHARD = "shard-{:06d}"
+_INDEX_FIELDS = ("nsamples", "filesize", "md5sum")  # what wids' own index tool records per shard
+
+
+@dataclass
+class ExportCounts:
+    """What happened to the people of one dataset."""
+
+    exported: int = 0
+    with_label: int = 0  # has_pose = has_betas = 1
+    keypoints_only: int = 0  # label filtered out (or not finite), keypoints usable: has_pose = has_betas = 0
+    unusable: int = 0  # label filtered out and keypoints unusable: left out
+    no_label: int = 0  # in the source shards, no row in the label table: left out
+    label_without_sample: int = 0  # a label row of this dataset with no person in the source shards
+    quarantined: int = 0  # refused by the source reader (see hmr2_format.read_shards)
+
+
+@dataclass
+class ExportSummary:
+    label_version: int
+    out_dir: str  # out_dir/v{version}
+    index: str
+    shards: list[str]  # every shard of the export, in index order
+    written: list[str]  # the shards this run wrote; the others were complete already
+    counts: dict[str, ExportCounts] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------- crops and arrays
+def crop_image_bilinear(image: Image.Image, center: np.ndarray, side: float, size: int = CROP_SIZE) -> np.ndarray:
+    """The HMR2.0 crop of `image`, bilinear: (size, size, 3) uint8, black outside the image."""
+    step = side / size
+    # PIL maps output pixel centres through the affine map and samples the input at pixel centres,
+    # so continuous coordinates (pixel i spans [i, i+1)) go straight in.
+    affine = (step, 0.0, center[0] - side / 2, 0.0, step, center[1] - side / 2)
+    resample = Image.Resampling.BILINEAR
+    crop = image.convert("RGB").transform((size, size), Image.Transform.AFFINE, affine, resample, fillcolor=(0, 0, 0))
+    return np.asarray(crop)
+
+
+def crop_side(scale: np.ndarray) -> float:
+    """Side in pixels of the square crop box of a person with `scale` (box side = scale × 200)."""
+    return float(np.max(scale)) * 200.0
+
+
+def normalised_keypoints(keypoints_2d: np.ndarray, center: np.ndarray, side: float) -> np.ndarray:
+    """Image-pixel keypoints (44, 3) → normalised crop coordinates, confidence kept."""
+    out = np.array(keypoints_2d, dtype=np.float64)
+    out[:, :2] = (out[:, :2] - center) / side
+    return out
+
+
+def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """An .npz archive of `arrays` (no pickled objects), byte-identical for identical arrays.
+
+    np.savez stamps each member with the current time; this writes the same .npy members with a
+    fixed date, in name order.
+    """
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
+        for name in sorted(arrays):
+            member = io.BytesIO()
+            np.lib.format.write_array(member, np.asarray(arrays[name]), allow_pickle=False)
+            archive.writestr(zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_DATE), member.getvalue())
+    return buffer.getvalue()
+
+
+def npz_arrays(data: bytes) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+        return {name: archive[name] for name in archive.files}
+
+
+def label_arrays(q: np.ndarray, betas: np.ndarray, trans: np.ndarray) -> dict[str, np.ndarray]:
+    """Label and mirrored label of N people: q, q_flip, target88, target88_flip, betas, trans, trans_flip."""
+    q_flip = flip.flip_q(q)
+    with torch.no_grad():
+        targets = q_to_target88(torch.as_tensor(np.concatenate([q, q_flip]), dtype=torch.float64)).numpy()
+    return {
+        "q": q,
+        "q_flip": q_flip,
+        "target88": targets[: len(q)],
+        "target88_flip": targets[len(q) :],
+        "betas": betas,
+        "trans": trans,
+        "trans_flip": flip.flip_trans(trans),
+    }
+
+
+# ------------------------------------------------------------------------------------- the labels
+@dataclass
+class LabelColumns:
+    """The label table as numpy columns, with each sample id's row."""
+
+    row: dict[str, int]
+    dataset: np.ndarray
+    q: np.ndarray  # (N, 46)
+    betas: np.ndarray  # (N, 10)
+    trans: np.ndarray  # (N, 3)
+    passed: np.ndarray
+    keypoints_ok: np.ndarray
+    round: np.ndarray
+    source: np.ndarray
+
+    @classmethod
+    def from_table(cls, table: pa.Table) -> LabelColumns:
+        def matrix(name: str) -> np.ndarray:
+            column = table[name].combine_chunks()
+            return column.flatten().to_numpy().reshape(len(column), column.type.list_size)
+
+        ids = table["sample_id"].to_pylist()
+        return cls(
+            row={sample_id: i for i, sample_id in enumerate(ids)},
+            dataset=np.array(table["dataset"].to_pylist()),
+            q=matrix("q"),
+            betas=matrix("betas"),
+            trans=matrix("trans"),
+            passed=table["passed"].to_numpy(),
+            keypoints_ok=table["keypoints_ok"].to_numpy(),
+            round=table["round"].to_numpy(),
+            source=np.array(table["source"].to_pylist()),
+        )
+
+    def finite(self, rows: np.ndarray) -> np.ndarray:
+        return np.isfinite(np.concatenate([self.q[rows], self.betas[rows], self.trans[rows]], axis=1)).all(1)
+
+
+@dataclass
+class _Item:
+    """One person on its way into a shard: the sample, where its label came from, and the label arrays."""
+
+    sample: PersonSample
+    has_label: bool
+    round: int
+    source: str
+    arrays: dict[str, np.ndarray]
+
+
+def _choose(people: list[PersonSample], labels: LabelColumns, dataset: str, counts: ExportCounts) -> list[_Item]:
+    """The people of one source shard that go into the export, in sample-id order, with their label arrays."""
+    chosen = []
+    for person in sorted(people, key=lambda p: p.sample_id):
+        row = labels.row.get(person.sample_id)
+        if row is None or labels.dataset[row] != dataset:
+            counts.no_label += 1
+        elif labels.passed[row] or labels.keypoints_ok[row]:
+            chosen.append((person, row))
+        else:
+            counts.unusable += 1
+    if not chosen:
+        return []
+    rows = np.array([row for _, row in chosen])
+    finite = labels.finite(rows)
+    has_label = labels.passed[rows] & finite
+    # A label that is not finite carries nothing; zeros keep NaN out of the training batches.
+    arrays = label_arrays(*(np.where(finite[:, None], a[rows], 0) for a in (labels.q, labels.betas, labels.trans)))
+    counts.with_label += int(has_label.sum())
+    counts.keypoints_only += int((~has_label).sum())
+    return [
+        _Item(person, bool(has), int(labels.round[row]), str(labels.source[row]), {k: v[i] for k, v in arrays.items()})
+        for i, ((person, row), has) in enumerate(zip(chosen, has_label, strict=True))
+    ]
+
+
+def _dataset_items(name: str, sources: list[Path], labels: LabelColumns, counts: ExportCounts) -> Iterator[_Item]:
+    """Every exported person of one dataset in export order; `counts` is complete once this is exhausted."""
+    quarantine = Quarantine()
+    seen: set[str] = set()
+    for source in sources:
+        people = list(read_shards(source, name, quarantine))
+        seen.update(p.sample_id for p in people)
+        yield from _choose(people, labels, name, counts)
+    counts.quarantined = len(quarantine)
+    labelled = {sample_id for sample_id, row in labels.row.items() if labels.dataset[row] == name}
+    counts.label_without_sample = len(labelled - seen)
+
+
+# ------------------------------------------------------------------------------------ one sample
+def encode_sample(item: _Item, label_version: int) -> dict[str, Any]:
+    """The WebDataset sample of one person: `__key__`, `jpg`, `npz`, `json` (see the module docstring)."""
+    sample = item.sample
+    check_key(sample.sample_id)
+    side = crop_side(sample.scale)
+    with Image.open(io.BytesIO(sample.image_jpeg)) as image:
+        crop = crop_image_bilinear(image, sample.center, side)
+    keypoints = normalised_keypoints(sample.keypoints_2d, sample.center, side)
+    pixels = keypoints.copy()
+    pixels[:, :2] = (pixels[:, :2] + 0.5) * CROP_SIZE
+    flag = 1.0 if item.has_label else 0.0
+    arrays = {
+        **item.arrays,
+        "has_pose": flag,
+        "has_betas": flag,
+        "keypoints_2d": keypoints,
+        "keypoints_2d_px": pixels,
+        "keypoints_2d_flip": flip.flip_keypoints(keypoints),
+        "keypoints_3d": sample.keypoints_3d,
+        "keypoints_3d_flip": flip.flip_keypoints(sample.keypoints_3d),
+        "center": sample.center,
+        "scale": sample.scale,
+    }
+    meta = {
+        "sample_id": sample.sample_id,
+        "dataset": sample.dataset,
+        "round": item.round,
+        "source": item.source,
+        "label_version": label_version,
+        "format": FORMAT,
+    }
+    return {
+        "__key__": sample.sample_id,
+        "jpg": _jpeg(crop),
+        "npz": npz_bytes({name: np.asarray(value, dtype=np.float32) for name, value in arrays.items()}),
+        "json": json.dumps(meta, sort_keys=True).encode(),
+    }
+
+
+def _jpeg(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    return buffer.getvalue()
+
+
+# ------------------------------------------------------------------------------------------ shards
+class ExportError(RuntimeError):
+    """The output directory holds shards that contradict this export."""
+
+
+@dataclass(frozen=True)
+class _ShardSpec:
+    maxcount: int
+    maxsize: float
+    params: dict[str, Any]  # everything besides the samples that decides a shard's bytes; kept in its listing
+
+
+class _HashingFile:
+    """A write-only file that also takes the MD5 and size of what passes through (the wids index wants both)."""
+
+    def __init__(self, handle: io.BufferedWriter):
+        self.handle = handle
+        self.md5 = hashlib.md5()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.md5.update(data)
+        self.size += len(data)
+        return self.handle.write(data)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write `data` as JSON atomically (temporary name, then rename), in a stable key order."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
+def _listing(shard: Path, spec: _ShardSpec) -> dict[str, Any] | None:
+    """The listing of a finished shard written with `spec`; None if the tar or its listing is missing or differs."""
+    listing_path = shard.with_suffix(".json")
+    if not (shard.is_file() and listing_path.is_file()):
+        return None
+    listing = json.loads(listing_path.read_text())
+    if listing["params"] != spec.params or listing["filesize"] != shard.stat().st_size:
+        return None
+    return listing
+
+
+def _skip(items: Iterator[_Item], pending: _Item | None, shard: Path, keys: list[str]) -> _Item | None:
+    """Consume the samples of a finished shard, checking they are the ones it holds; return the next one."""
+    for key in keys:
+        found = None if pending is None else pending.sample.sample_id
+        if found != key:
+            raise ExportError(
+                f"{shard} holds {key} where this export has {found}: the directory holds shards of other inputs; "
+                "remove it or export elsewhere"
+            )
+        pending = next(items, None)
+    return pending
+
+
+def _write_shard(
+    items: Iterator[_Item], pending: _Item, shard: Path, spec: _ShardSpec
+) -> tuple[dict[str, Any], _Item | None]:
+    """Write samples from `pending` on until the shard is full; return its listing and the first sample left over."""
+    tmp = shard.with_name(shard.name + ".tmp")
+    keys: list[str] = []
+    size = 0
+    try:
+        with tmp.open("wb") as handle:
+            sink = _HashingFile(handle)
+            writer = TarWriter(sink, encoder=False, **_TAR_HEADER)
+            # ShardWriter's rule: the shard closes before a sample once it holds maxcount samples or maxsize bytes.
+            while pending is not None and len(keys) < spec.maxcount and size < spec.maxsize:
+                size += writer.write(encode_sample(pending, spec.params["label_version"]))
+                keys.append(pending.sample.sample_id)
+                pending = next(items, None)
+            writer.close()
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    tmp.replace(shard)
+    listing = {
+        "url": shard.name,
+        "nsamples": len(keys),
+        "filesize": sink.size,
+        "md5sum": sink.md5.hexdigest(),
+        "keys": keys,
+        "params": spec.params,
+    }
+    _write_json(shard.with_suffix(".json"), listing)  # only now is the shard finished
+    return listing, pending
+
+
+def _write_dataset(items: Iterator[_Item], shard_dir: Path, spec: _ShardSpec) -> tuple[list[dict], list[Path]]:
+    """Shards of one dataset: the listings of all, and the paths of those written now."""
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    listings, written = [], []
+    pending = next(items, None)
+    while pending is not None:
+        shard = shard_dir / f"{_SHARD.format(len(listings))}.tar"
+        listing = _listing(shard, spec)
+        if listing is not None and listing["keys"][:1] == [pending.sample.sample_id]:
+            pending = _skip(items, pending, shard, listing["keys"])
+        else:
+            listing, pending = _write_shard(items, pending, shard, spec)
+            written.append(shard)
+        listings.append(listing)
+    _remove_stale(shard_dir, len(listings))
+    return listings, written
+
+
+def _remove_stale(shard_dir: Path, count: int) -> None:
+    """Delete shards numbered `count` and up, left by an earlier export with other parameters: readers that
+    list the directory instead of reading the index would take them for part of this export."""
+    for path in shard_dir.iterdir():
+        match = re.fullmatch(r"shard-(\d{6})\.(tar|json|tar\.tmp|json\.tmp)", path.name)
+        if match and int(match[1]) >= count:
+            path.unlink()
+
+
+# ------------------------------------------------------------------------------------------ export
+def source_shards(dataset_dir: str | Path) -> list[Path]:
+    """The source shards of a dataset directory (dataset_dir/shards/*.tar, as the synthetic world and the
+    converter lay them out), in name order."""
+    shards = sorted((Path(dataset_dir) / "shards").glob("*.tar"))
+    if not shards:
+        raise FileNotFoundError(f"no shards (*.tar) under {Path(dataset_dir) / 'shards'}")
+    return shards
+
+
+def _fingerprint(paths: Sequence[Path]) -> str:
+    """Names and sizes of the source shards: a cheap check that a listing was made from the same sources."""
+    text = "\n".join(f"{p.name}:{p.stat().st_size}" for p in paths)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def export_shards(
+    table_uri: str,
+    dataset_dirs: dict[str, str],
+    out_dir: str | Path,
+    version: int | None = None,
+    maxcount: int = 1000,
+    maxsize: float = 3e8,
+) -> ExportSummary:
+    """Export the labels of table version `version` (default: the latest) and the people of `dataset_dirs`
+    (dataset name → directory holding shards/*.tar) as training shards under out_dir/v{version}."""
+    if maxcount < 1 or maxsize <= 0:
+        raise ValueError(f"maxcount must be >= 1 and maxsize > 0, got {maxcount} and {maxsize}")
+    bad = [name for name in dataset_dirs if not _DATASET_NAME.fullmatch(name)]
+    if bad:
+        raise ValueError(f"dataset names {bad} must be letters, digits, '-' or '_' (they name directories)")
+    version = DeltaTable(table_uri).version() if version is None else version
+    labels = LabelColumns.from_table(read_labels(table_uri, version=version))
+    root = Path(out_dir) / f"v{version}"
+    counts: dict[str, ExportCounts] = {}
+    listings: dict[str, list[dict]] = {}
+    written: list[Path] = []
+    for name in sorted(dataset_dirs):
+        sources = source_shards(dataset_dirs[name])
+        params = {"format": FORMAT, "label_version": version, "dataset": name, "maxcount": maxcount}
+        params |= {"maxsize": maxsize, "sources": _fingerprint(sources)}
+        counts[name] = ExportCounts()
+        items = _dataset_items(name, sources, labels, counts[name])
+        listings[name], new = _write_dataset(items, root / name, _ShardSpec(maxcount, maxsize, params))
+        counts[name].exported = sum(listing["nsamples"] for listing in listings[name])
+        written += new
+    index = _index(version, listings, counts)
+    _write_json(root / "index.json", index)
+    return ExportSummary(
+        label_version=version,
+        out_dir=str(root),
+        index=str(root / "index.json"),
+        shards=[str(root / entry["url"]) for entry in index["shardlist"]],
+        written=[str(path) for path in written],
+        counts=counts,
+    )
+
+
+def _index(version: int, listings: dict[str, list[dict]], counts: dict[str, ExportCounts]) -> dict[str, Any]:
+    """The wids shard index (wids_version 1; shard URLs relative to the index) with the export's counts."""
+    shardlist = [
+        {"url": f"{name}/{listing['url']}", "dataset": name} | {k: listing[k] for k in _INDEX_FIELDS}
+        for name in sorted(listings)
+        for listing in listings[name]
+    ]
+    return {
+        "__kind__": "wids-shard-index-v1",
+        "wids_version": 1,
+        "name": f"hsmr-labels-v{version}",
+        "shardlist": shardlist,
+        "hsmr": {"format": FORMAT, "label_version": version, "counts": {n: asdict(c) for n, c in counts.items()}},
+    }
+
+
+# ----------------------------------------------------------------------------------------- reading
+def decode_sample(sample: dict[str, Any]) -> dict[str, Any]:
+    """A raw sample of these shards (entry → bytes, as webdataset or any tar reader groups them) → numpy.
+
+    Returns the `npz` arrays, the `json` fields, `image` (256, 256, 3) uint8, and `__key__` if given.
+    Needs neither torch nor project code beyond numpy and PIL.
+    """
+    with Image.open(io.BytesIO(sample["jpg"])) as image:
+        pixels = np.asarray(image.convert("RGB"))
+    decoded = {**json.loads(sample["json"]), **npz_arrays(sample["npz"]), "image": pixels}
+    if "__key__" in sample:
+        decoded["__key__"] = sample["__key__"]
+    return decoded
+
+
+def shard_urls(source: str | Path | Iterable[str | Path]) -> str | list[str]:
+    """Shard URLs from an index.json (resolved against its directory), a URL or brace pattern, or a list."""
+    if isinstance(source, str | Path) and str(source).endswith(".json"):
+        index = json.loads(Path(source).read_text())
+        return [str(Path(source).parent / entry["url"]) for entry in index["shardlist"]]
+    if isinstance(source, str | Path):
+        return str(source)
+    return [str(url) for url in source]
+
+
+def iter_training_samples(source: str | Path | Iterable[str | Path], **webdataset_args: Any) -> wds.WebDataset:
+    """The decoded samples (`decode_sample`) of an export, as a webdataset pipeline (iterate it, or add
+    .shuffle, .batched, ...). `webdataset_args` go to `webdataset.WebDataset` (default shardshuffle=False)."""
+    return wds.WebDataset(shard_urls(source), **{"shardshuffle": False, **webdataset_args}).map(decode_sample)
