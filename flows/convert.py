@@ -1,0 +1,255 @@
+"""The `convert-smpl-to-skel` flow: SMPL pseudo-GT → SKEL labels (round 0) in the label table.
+
+Thin wiring around `hsmr_data.conversion`: one task per input shard (chunk), retried on failure, a
+progress artifact updated as chunks finish, and a table and markdown summary of label quality at the
+end. Resuming needs no Prefect caching: each chunk is committed to the Delta table in one transaction
+named after it, and `convert_chunk` skips chunks the table already records, so a rerun after a crash
+does only the missing chunks and can never serve a stale label.
+
+    python -m flows.convert --dataset-dir storage/datasets/synth --table storage/labels/synth
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
+from prefect.task_runners import ThreadPoolTaskRunner
+from tqdm import tqdm
+
+from hsmr_data import conversion, label_table
+from hsmr_data.conversion import ChunkOutcome, ConvertConfig, Converter
+from hsmr_data.filters import FilterConfig
+from hsmr_model.skel_fit import SkelFitConfig
+
+FLOW_NAME = "convert-smpl-to-skel"
+
+
+def convert_config(
+    dataset_dir: str,
+    table_uri: str,
+    models_root: str = "storage/models",
+    dataset: str = "synth",
+    device: str = "auto",
+    batch_size: int | None = None,
+    max_pve_max: float = FilterConfig.max_pve_max,
+    max_abs_beta: float = FilterConfig.max_abs_beta,
+    min_keypoints: int = FilterConfig.min_keypoints,
+    keypoint_conf_floor: float = FilterConfig.keypoint_conf_floor,
+) -> ConvertConfig:
+    """The library's configuration from the flow's plain (JSON-able) parameters."""
+    return ConvertConfig(
+        dataset_dir=str(dataset_dir),
+        table_uri=str(table_uri),
+        models_root=str(models_root),
+        dataset=dataset,
+        fit=SkelFitConfig(device=device, batch_size=batch_size),
+        filters=FilterConfig(
+            max_pve_max=max_pve_max,
+            max_abs_beta=max_abs_beta,
+            min_keypoints=min_keypoints,
+            keypoint_conf_floor=keypoint_conf_floor,
+        ),
+    )
+
+
+# Retrying is safe because a chunk commits in one idempotent transaction: a retry after a commit
+# that did land is a skip. NO_CACHE: the table, not Prefect's result store, says what is done.
+@task(
+    name="convert-chunk",
+    task_run_name="convert-{shard.stem}",
+    retries=2,
+    retry_delay_seconds=2,
+    cache_policy=NO_CACHE,
+    persist_result=False,
+)
+def convert_chunk(converter: Converter, shard: Path) -> ChunkOutcome:
+    return conversion.convert_chunk(converter, shard)
+
+
+@flow(name=FLOW_NAME, task_runner=ThreadPoolTaskRunner(max_workers=1), persist_result=False)
+def convert_smpl_to_skel(
+    dataset_dir: str,
+    table_uri: str,
+    models_root: str = "storage/models",
+    dataset: str = "synth",
+    device: str = "auto",
+    batch_size: int | None = None,
+    max_pve_max: float = FilterConfig.max_pve_max,
+    max_abs_beta: float = FilterConfig.max_abs_beta,
+    min_keypoints: int = FilterConfig.min_keypoints,
+    keypoint_conf_floor: float = FilterConfig.keypoint_conf_floor,
+) -> dict[str, Any]:
+    """Convert every shard under `dataset_dir`/shards into round-0 labels in the table at `table_uri`.
+
+    Returns the run report: the table's URI and version, chunk counts by outcome and the label-quality
+    summary of the whole table (`conversion.summarize`).
+    """
+    config = convert_config(
+        dataset_dir=dataset_dir,
+        table_uri=table_uri,
+        models_root=models_root,
+        dataset=dataset,
+        device=device,
+        batch_size=batch_size,
+        max_pve_max=max_pve_max,
+        max_abs_beta=max_abs_beta,
+        min_keypoints=min_keypoints,
+        keypoint_conf_floor=keypoint_conf_floor,
+    )
+    logger = get_run_logger()
+    shards = conversion.list_chunks(config.dataset_dir)
+    label_table.create_or_open(config.table_uri)  # once, before the tasks race to create it
+    converter = Converter(config)  # the body models, loaded once and shared by every task
+    logger.info("%d chunks from %s into %s on %s", len(shards), config.dataset_dir, config.table_uri, converter.device)
+
+    progress = create_progress_artifact(0.0, description=f"chunks of {config.dataset_dir} converted")
+    futures = {convert_chunk.submit(converter, shard): shard for shard in shards}
+    outcomes: list[ChunkOutcome] = []
+    failed: dict[str, str] = {}
+    with tqdm(total=len(shards), unit="chunk", desc=FLOW_NAME) as bar:
+        for future in as_completed(list(futures)):
+            shard = futures[future]
+            try:
+                outcomes.append(future.result())
+            except Exception as error:  # every chunk gets its chance before the run fails
+                failed[conversion.chunk_id(config.dataset, shard)] = repr(error)
+            bar.update(1)
+            update_progress_artifact(progress, 100.0 * bar.n / len(shards))
+
+    report = run_report(config, outcomes, failed)
+    publish_summary(config, report)
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(shards)} chunks failed after retries: {failed}")
+    return report
+
+
+def run_report(config: ConvertConfig, outcomes: list[ChunkOutcome], failed: dict[str, str]) -> dict[str, Any]:
+    """What a run did and the quality of the whole table after it."""
+    labels = label_table.read_labels(config.table_uri)
+    statuses = Counter(outcome.status for outcome in outcomes)
+    return {
+        "table_uri": config.table_uri,
+        "table_version": label_table.history(config.table_uri)[-1]["version"],
+        "chunks": {status: statuses[status] for status in ("committed", "skipped", "empty")} | {"failed": len(failed)},
+        "quarantined": sum(outcome.quarantined for outcome in outcomes),
+        "summary": conversion.summarize(labels),
+    }
+
+
+def publish_summary(config: ConvertConfig, report: dict[str, Any]) -> None:
+    """A table artifact (counts per rule, PVE percentiles) and a markdown one, keyed by dataset."""
+    summary, filters = report["summary"], config.filters
+    # The summary's keys, as a reader of the UI wants them; PVE percentiles keep their names.
+    rule_names = {
+        "rejected_pve_max": f"rejected: maxPVE > {filters.max_pve_max * 100:g} cm",
+        "rejected_betas": f"rejected: any |beta| > {filters.max_abs_beta:g}",
+        "rejected_keypoints": f"rejected: < {filters.min_keypoints} keypoints, conf >= {filters.keypoint_conf_floor:g}",
+    }
+    rows = [
+        {"measure": rule_names.get(name, name.replace("_", " ")), "value": value} for name, value in summary.items()
+    ]
+    key = artifact_key(config.dataset)
+    create_table_artifact(rows, key=f"{key}-label-quality", description=f"label quality of {config.table_uri}")
+
+    chunks = ", ".join(f"{count} {status}" for status, count in report["chunks"].items() if count)
+    lines = [
+        f"# {FLOW_NAME}: {config.dataset}",
+        f"- table: `{config.table_uri}` (Delta version {report['table_version']})",
+        f"- chunks this run: {chunks or 'none'}; samples quarantined: {report['quarantined']}",
+        f"- labels: {summary['samples']}, passed every filter: {summary['passed']}",
+        "",
+        "| measure | value |",
+        "| --- | --- |",
+        *(f"| {row['measure']} | {row['value']} |" for row in rows),
+        "",
+        f"Read it without project code: `deltalake.DeltaTable('{config.table_uri}').to_pandas()`.",
+    ]
+    create_markdown_artifact("\n".join(lines), key=f"{key}-conversion", description="conversion summary")
+
+
+def artifact_key(dataset: str) -> str:
+    """Artifact keys allow lowercase letters, digits and dashes only."""
+    return re.sub(r"[^a-z0-9-]+", "-", f"convert-{dataset}".lower()).strip("-")
+
+
+def build_task_runner(
+    runner: str = "threads",
+    max_workers: int = 1,
+    dask_address: str | None = None,
+    dask_cluster_class: str | None = None,
+    dask_cluster_kwargs: dict[str, Any] | None = None,
+):
+    """Threads (the default; 1 worker, since torch already uses every core), or Dask.
+
+    Dask: `dask_address` of a running scheduler, or a cluster started for the run: a local one, or
+    `dask_cluster_class` such as "dask_jobqueue.SLURMCluster" with its `dask_cluster_kwargs`. The
+    Converter is shipped to the workers with each task, so Dask pays off for real datasets only.
+    """
+    if runner == "threads":
+        return ThreadPoolTaskRunner(max_workers=max_workers)
+    if runner != "dask":
+        raise ValueError(f"runner must be 'threads' or 'dask', got {runner!r}")
+    try:
+        from prefect_dask import DaskTaskRunner
+    except ImportError as error:
+        raise RuntimeError(
+            "runner='dask' needs the prefect-dask package: pip install prefect-dask "
+            "(plus dask-jobqueue for a SLURM cluster class)"
+        ) from error
+    if dask_address:
+        return DaskTaskRunner(address=dask_address)
+    if dask_cluster_class is None and dask_cluster_kwargs is None:
+        dask_cluster_kwargs = {"n_workers": max_workers, "threads_per_worker": 1}
+    return DaskTaskRunner(cluster_class=dask_cluster_class, cluster_kwargs=dask_cluster_kwargs or {})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m flows.convert", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset-dir", required=True, help="folder holding shards/*.tar")
+    parser.add_argument("--table", required=True, help="label table URI (a folder or any URI deltalake opens)")
+    parser.add_argument("--models", default="storage/models", help="body models in the standard layout")
+    parser.add_argument("--dataset", default="synth", help="dataset name: the prefix of chunk ids and sample rows")
+    parser.add_argument("--device", default="auto", help='"auto", "cpu", "cuda", "cuda:1", ...')
+    parser.add_argument("--batch-size", type=int, help="fitting batch (default: 256 on the CPU, by memory on CUDA)")
+    parser.add_argument("--runner", choices=("threads", "dask"), default="threads")
+    parser.add_argument("--max-workers", type=int, default=1, help="threads, or local Dask workers")
+    parser.add_argument("--dask-address", help="a running Dask scheduler, e.g. tcp://head:8786")
+    parser.add_argument("--dask-cluster-class", help='e.g. "dask_jobqueue.SLURMCluster"')
+    parser.add_argument("--dask-cluster-kwargs", type=json.loads, help="JSON object for the cluster class")
+    args = parser.parse_args(argv)
+
+    task_runner = build_task_runner(
+        args.runner, args.max_workers, args.dask_address, args.dask_cluster_class, args.dask_cluster_kwargs
+    )
+    report = convert_smpl_to_skel.with_options(task_runner=task_runner)(
+        dataset_dir=args.dataset_dir,
+        table_uri=args.table,
+        models_root=args.models,
+        dataset=args.dataset,
+        device=args.device,
+        batch_size=args.batch_size,
+    )
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    from flows.settings import local_prefect_settings
+
+    with local_prefect_settings():
+        sys.exit(main())
