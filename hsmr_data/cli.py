@@ -4,6 +4,9 @@ hsmr models synth --out storage/models      write the synthetic SMPL/SKEL stand-
 hsmr models check --root DIR                load and validate model files (real or synthetic)
 hsmr data synth --n N --out DIR [--seed S] [--hard-fraction F]
                                             the synthetic dataset (tars, ground truth, contact sheet)
+hsmr convert --dataset-dir DIR --table URI [--models storage/models] [--device auto] [--batch-size N]
+                                            SMPL pseudo-GT → SKEL labels in the label table (no Prefect;
+                                            the same steps as the convert-smpl-to-skel flow)
 hsmr demo --models storage/models --out storage/demo
 """
 
@@ -66,6 +69,35 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convert(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from tqdm import tqdm
+
+    from hsmr_data import conversion, label_table
+    from hsmr_data.conversion import ConvertConfig
+    from hsmr_model.skel_fit import SkelFitConfig
+
+    config = ConvertConfig(
+        dataset_dir=args.dataset_dir,
+        table_uri=args.table,
+        models_root=args.models,
+        dataset=args.dataset,
+        fit=SkelFitConfig(device=args.device, batch_size=args.batch_size),
+    )
+    with tqdm(total=len(conversion.list_chunks(args.dataset_dir)), unit="chunk", desc="convert") as bar:
+        outcomes = conversion.convert_dataset(config, on_chunk=lambda outcome: bar.update(1))
+    statuses = Counter(outcome.status for outcome in outcomes)
+    report = {
+        "table_uri": config.table_uri,
+        "chunks": {status: statuses[status] for status in ("committed", "skipped", "empty")},
+        "quarantined": sum(outcome.quarantined for outcome in outcomes),
+        "summary": conversion.summarize(label_table.read_labels(config.table_uri)),
+    }
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from hsmr_data.demo import run_demo
 
@@ -101,6 +133,15 @@ def build_parser() -> argparse.ArgumentParser:
     data_synth.add_argument("--dataset", default="synth", help="dataset name, the prefix of every sample key")
     data_synth.add_argument("--models", default="storage/models", help="body models (synthetic ones written if absent)")
     data_synth.set_defaults(run=_data_synth)
+
+    convert = commands.add_parser("convert", help="convert SMPL pseudo-GT shards into SKEL labels (round 0)")
+    convert.add_argument("--dataset-dir", required=True, help="folder holding shards/*.tar")
+    convert.add_argument("--table", required=True, help="label table URI (a folder or any URI deltalake opens)")
+    convert.add_argument("--models", default="storage/models", help="body models in the standard layout")
+    convert.add_argument("--dataset", default="synth", help="dataset name: the prefix of chunk ids and sample rows")
+    convert.add_argument("--device", default="auto", help='"auto" (CUDA when present), "cpu", "cuda:1", ...')
+    convert.add_argument("--batch-size", type=int, help="fitting batch (default: 256 on the CPU, by memory on CUDA)")
+    convert.set_defaults(run=_convert)
 
     demo = commands.add_parser("demo", help="load the models, pose bodies, write meshes and renders")
     demo.add_argument("--models", default="storage/models")
