@@ -6,8 +6,20 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 MODELS := storage/models
+# The demo's dataset and label table; `make convert DATASET_DIR=... TABLE=...` converts another.
+SYNTH_N ?= 256
+DATASET_DIR ?= storage/datasets/synth
+TABLE ?= storage/labels/synth
+PREFECT_PORT ?= 4200
 
-.PHONY: setup test demo bench lint models clean
+# Prefect on this machine (see flows/settings.py): its database and results under storage/, no
+# analytics (no network), and time for the temporary API server that runs without `make server`.
+# `?=`: a value from the environment wins.
+export PREFECT_HOME ?= $(CURDIR)/storage/prefect
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
+
+.PHONY: setup test demo bodies bench lint models convert server serve clean
 
 setup: $(STAMP)
 
@@ -23,8 +35,26 @@ test: setup
 models: setup
 	$(BIN)/hsmr models synth --out $(MODELS)
 
-demo: models
+# Render the bodies, make the synthetic dataset once (kept while its manifest exists), convert it
+# with the Prefect flow on the temporary local API (no server to start), say where the table is.
+demo: bodies
+	test -f $(DATASET_DIR)/manifest.json || $(BIN)/hsmr data synth --n $(SYNTH_N) --out $(DATASET_DIR) --models $(MODELS)
+	$(MAKE) --no-print-directory convert
+	@echo "label table: $(TABLE) (Delta Lake). Read it with pandas or DuckDB, see README.md, Pipeline."
+
+bodies: models
 	$(BIN)/hsmr demo --models $(MODELS) --out storage/demo
+
+convert: setup
+	$(BIN)/python -m flows.convert --dataset-dir $(DATASET_DIR) --table $(TABLE) --models $(MODELS)
+
+# A Prefect server with its UI at http://127.0.0.1:$(PREFECT_PORT) (SQLite under PREFECT_HOME), and
+# in another shell the deployments of every flow, served by one process against it.
+server: setup
+	$(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+
+serve: setup
+	PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api $(BIN)/python -m flows.serve
 
 bench: models
 	$(BIN)/python bench/bench_body_models.py --models $(MODELS) --out storage/bench/body_models.json
@@ -35,4 +65,4 @@ lint: setup
 	$(BIN)/ruff format --check .
 
 clean:
-	rm -rf $(VENV) storage/models storage/bench storage/demo
+	rm -rf $(VENV) storage/models storage/bench storage/demo storage/datasets/synth storage/labels/synth storage/prefect

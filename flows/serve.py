@@ -1,0 +1,32 @@
+"""Serve a deployment named "local" of every flow, from one process, against a Prefect server.
+
+    make server   # one shell: the API and UI at http://127.0.0.1:4200
+    make serve    # another: this module, with PREFECT_API_URL=http://127.0.0.1:4200/api
+    prefect deployment run convert-smpl-to-skel/local \\
+        -p dataset_dir=storage/datasets/synth -p table_uri=storage/labels/synth
+
+Flow runs execute in subprocesses started from this process's working directory, so relative paths
+in parameters are relative to where `make serve` runs (the repository root).
+"""
+
+from __future__ import annotations
+
+from prefect import Flow, serve
+
+from flows.convert import convert_smpl_to_skel
+
+DEPLOYMENT_NAME = "local"
+
+# Each pipeline step joins this list as its flow lands.
+FLOWS: list[Flow] = [convert_smpl_to_skel]
+
+
+def deployments():
+    return [pipeline_flow.to_deployment(name=DEPLOYMENT_NAME) for pipeline_flow in FLOWS]
+
+
+if __name__ == "__main__":
+    from flows.settings import local_prefect_settings
+
+    with local_prefect_settings():
+        serve(*deployments())
