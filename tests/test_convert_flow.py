@@ -1,0 +1,154 @@
+"""The convert-smpl-to-skel flow on a tiny synthetic dataset, against Prefect's test harness."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from deltalake import DeltaTable
+
+from flows.convert import build_task_runner, convert_smpl_to_skel
+from flows.settings import unset_defaults
+from hsmr_data import conversion, label_table
+from hsmr_data.conversion import ConvertConfig
+from hsmr_data.synthetic.world import SynthConfig, generate_dataset
+
+PEOPLE, PER_SHARD = 8, 2
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory):
+    """One temporary Prefect API for the session, its home (and so any result storage) in a temp dir:
+    the harness alone keeps ~/.prefect, where a later session would find earlier results."""
+    from prefect.settings import PREFECT_HOME, PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    home = tmp_path_factory.mktemp("prefect-home")
+    with temporary_settings(updates={PREFECT_HOME: str(home), PREFECT_SERVER_ANALYTICS_ENABLED: False}):
+        with prefect_test_harness(server_startup_timeout=120):
+            yield
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(model_paths, tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth")
+    generate_dataset(model_paths, out, SynthConfig(count=PEOPLE, batch_size=PEOPLE, shard_maxcount=PER_SHARD))
+    return out
+
+
+@pytest.fixture(scope="module")
+def flow_parameters(model_paths, dataset_dir, tmp_path_factory):
+    return {
+        "dataset_dir": str(dataset_dir),
+        "table_uri": str(tmp_path_factory.mktemp("labels") / "synth"),
+        "models_root": str(model_paths.smpl.parent.parent),
+    }
+
+
+@pytest.fixture(scope="module")
+def first_run(prefect_api, flow_parameters):
+    """The flow's first run: its final state (the report is its result)."""
+    return convert_smpl_to_skel(**flow_parameters, return_state=True)
+
+
+def without_timings(labels: pa.Table) -> pa.Table:
+    return labels.drop_columns(["fit_seconds"]).sort_by("sample_id")
+
+
+@pytest.mark.slow
+def test_flow_writes_one_row_per_sample_and_reports_every_chunk(first_run, flow_parameters, dataset_dir):
+    assert first_run.is_completed(), first_run
+    report = first_run.result()
+    chunks = PEOPLE // PER_SHARD
+    assert report["chunks"] == {"committed": chunks, "skipped": 0, "empty": 0, "failed": 0}
+
+    labels = label_table.read_labels(flow_parameters["table_uri"])
+    truth_ids = pq.read_table(dataset_dir / "truth" / "ground_truth.parquet").column("sample_id").to_pylist()
+    assert labels.column("sample_id").to_pylist() == sorted(truth_ids)
+    assert report["summary"] == conversion.summarize(labels)
+    assert report["summary"]["samples"] == PEOPLE
+
+
+@pytest.mark.slow
+def test_flow_publishes_quality_table_markdown_and_full_progress(first_run):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    flow_run_id = first_run.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+    by_type = {artifact.type: artifact for artifact in artifacts}
+    assert set(by_type) == {"table", "markdown", "progress"}
+    assert by_type["progress"].data == pytest.approx(100.0)
+    assert by_type["table"].key == "convert-synth-label-quality"
+    assert "rejected: maxPVE > 6 cm" in by_type["table"].data
+    assert f"labels: {PEOPLE}," in by_type["markdown"].data
+
+
+@pytest.mark.slow
+def test_second_run_skips_every_chunk_and_leaves_the_table_version(first_run, flow_parameters):
+    uri = flow_parameters["table_uri"]
+    version_before = DeltaTable(uri).version()
+    labels_before = label_table.read_labels(uri)
+
+    report = convert_smpl_to_skel(**flow_parameters)
+
+    assert report["chunks"] == {"committed": 0, "skipped": PEOPLE // PER_SHARD, "empty": 0, "failed": 0}
+    assert DeltaTable(uri).version() == version_before == report["table_version"]
+    assert label_table.read_labels(uri).equals(labels_before)
+
+
+@pytest.mark.slow
+def test_flow_table_equals_the_plain_conversion(first_run, flow_parameters, tmp_path):
+    plain = ConvertConfig(
+        dataset_dir=flow_parameters["dataset_dir"],
+        table_uri=str(tmp_path / "plain"),
+        models_root=flow_parameters["models_root"],
+    )
+    conversion.convert_dataset(plain)
+
+    from_flow = without_timings(label_table.read_labels(flow_parameters["table_uri"]))
+    from_plain = without_timings(label_table.read_labels(plain.table_uri))
+    assert from_flow.num_rows == PEOPLE
+    assert from_flow.equals(from_plain)
+
+
+@pytest.mark.slow
+def test_duckdb_reads_the_table_without_project_code(first_run, flow_parameters):
+    labels = DeltaTable(flow_parameters["table_uri"]).to_pyarrow_dataset()
+    connection = duckdb.connect()
+    connection.register("labels", labels)
+
+    assert connection.execute("select count(*) from labels").fetchone()[0] == PEOPLE
+    passed, failing_pve = connection.execute(
+        "select count(*) filter (where passed), count(*) filter (where pve_max > 0.06) from labels"
+    ).fetchone()
+    summary = first_run.result()["summary"]
+    assert passed == summary["passed"]
+    assert failing_pve == summary["rejected_pve_max"]
+    ids = connection.execute("select sample_id from labels where passed order by sample_id").fetchall()
+    assert len(ids) == passed and all(sample_id.startswith("synth-") for (sample_id,) in ids)
+
+
+def test_dask_runner_without_prefect_dask_names_the_package_to_install():
+    if importlib.util.find_spec("prefect_dask") is not None:
+        pytest.skip("prefect-dask is installed here")
+    with pytest.raises(RuntimeError, match="pip install prefect-dask"):
+        build_task_runner("dask")
+
+
+def test_unknown_runner_is_refused():
+    with pytest.raises(ValueError, match="'threads' or 'dask'"):
+        build_task_runner("processes")
+
+
+def test_local_prefect_settings_leave_what_the_user_set():
+    defaults = unset_defaults({"PREFECT_HOME": "/elsewhere"})
+    assert "PREFECT_HOME" not in defaults
+    assert defaults["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
+    assert float(defaults["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]) > 20  # Prefect's default
