@@ -28,6 +28,7 @@ from hsmr_data.quarantine import Quarantine
 from hsmr_data.synthetic.world import SynthConfig, generate_dataset
 from hsmr_model import flip
 from hsmr_model.pose_repr import q_to_target88
+from tests.conftest import truth_label_rows
 
 IDS = [f"synth-{i:07d}_0" for i in range(6)]
 GHOST = "synth-9999999_0"
@@ -41,27 +42,8 @@ def dataset_dir(model_paths, tmp_path_factory) -> Path:
 
 
 def _rows(truth: dict[str, dict], ids: list[str], chunk: str) -> dict[str, np.ndarray]:
-    """Passing label rows holding the true q, β and crop-camera translation."""
-    n = len(ids)
-    return {
-        "sample_id": np.array(ids),
-        "dataset": np.full(n, "synth"),
-        "chunk_id": np.full(n, chunk),
-        "q": np.array([truth.get(i, truth[IDS[0]])["q"] for i in ids]),
-        "betas": np.array([truth.get(i, truth[IDS[0]])["betas"] for i in ids]),
-        "trans": np.array([truth.get(i, truth[IDS[0]])["trans"] for i in ids]),
-        "pve_mean": np.full(n, 0.01),
-        "pve_max": np.full(n, 0.03),
-        "kp2d_err": np.full(n, 0.01),
-        "num_keypoints": np.full(n, 30),
-        "pve_ok": np.ones(n, bool),
-        "betas_ok": np.ones(n, bool),
-        "keypoints_ok": np.ones(n, bool),
-        "passed": np.ones(n, bool),
-        "fit_iterations": np.full(n, 30),
-        "fit_seconds": np.full(n, 0.5),
-        "converged": np.ones(n, bool),
-    }
+    """Passing label rows holding the true q, β and crop-camera translation (GHOST borrows person 0's)."""
+    return truth_label_rows({i: truth.get(i, truth[IDS[0]]) for i in ids}, ids, chunk)
 
 
 @pytest.fixture(scope="module")

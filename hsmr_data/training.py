@@ -1,0 +1,235 @@
+"""Training the HSMR network on exported shards, with checkpoints a killed run resumes from.
+
+A checkpoint holds the model, the optimiser, the gradient scaler, the step and torch's RNG state;
+the data position is the step itself (the loader draws batch k from (seed, k) alone), so a run
+killed after a checkpoint and started again continues exactly where the checkpoint left it: on the
+CPU it ends with the parameters an uninterrupted run ends with.
+
+Losses and throughput go to `metrics.jsonl` (one JSON object per logged step); the latest
+prediction for each sample (brought back to the unaugmented crop) goes to `predictions.parquet`
+at every checkpoint, for SKELify refinement.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from hsmr_data.train_data import AugmentConfig, MixedSampler, ShardDataset, TrainingBatches, unaugment_q
+from hsmr_model.losses import LossTargets, LossWeights, hsmr_loss, predicted_keypoints
+from hsmr_model.model_files import BodyModelPaths, read_keypoint_regressor
+from hsmr_model.network import HSMRNetwork, load_vitpose_backbone, network_config
+from hsmr_model.regressor import VertexRegressor
+from hsmr_model.skel_fit import resolve_device
+from hsmr_model.skel_layer import SKELLayer
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs. Paper defaults where they fit a CPU; `size` picks the network."""
+
+    indexes: tuple[str, ...]  # wids-style index.json of each exported dataset
+    out_dir: str
+    weights: tuple[float, ...] | None = None  # mixing weight per dataset (default: equal)
+    models_root: str = "storage/models"
+    skel_sex: str = "male"
+    size: str = "tiny"  # "tiny" (CPU), "B", "H" (the paper's)
+    pose_target: str = "88d"  # or "euler": the paper's ablation
+    vitpose_checkpoint: str | None = None
+    steps: int = 300
+    batch_size: int = 16
+    lr: float = 1e-4  # the paper's 1e-5 is for ViT-H from ViTPose; a tiny net from scratch needs more
+    weight_decay: float = 1e-4
+    grad_clip: float = 1.0
+    checkpoint_every: int = 100
+    log_every: int = 10
+    seed: int = 0
+    loader_workers: int = 0
+    device: str = "auto"
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    loss_weights: LossWeights = field(default_factory=LossWeights)
+
+
+@dataclass
+class TrainResult:
+    step: int
+    resumed_from: int
+    checkpoint: str
+    predictions: str
+    metrics: str
+    last_losses: dict[str, float]
+    images_per_second: float
+
+
+def _amp(device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """Mixed precision where the device has it: bf16 (no scaler) or fp16 (with a scaler) on CUDA; none on the CPU."""
+    if device.type != "cuda":
+        return None, False
+    if torch.cuda.is_bf16_supported():
+        return torch.bfloat16, False
+    return torch.float16, True
+
+
+class Trainer:
+    """One training run: model, optimiser, data and the bodies the losses need."""
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        self.out_dir = Path(config.out_dir)
+        self.device = resolve_device(config.device)
+        torch.manual_seed(config.seed)
+        self.model = HSMRNetwork(network_config(config.size, config.pose_target)).to(self.device)
+        if config.vitpose_checkpoint:
+            load_vitpose_backbone(self.model.backbone, config.vitpose_checkpoint)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.amp_dtype, use_scaler = _amp(self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
+        paths = BodyModelPaths.from_root(config.models_root)
+        self.skel = SKELLayer.from_file(paths.skel(config.skel_sex)).to(self.device)
+        self.regressor = VertexRegressor.from_sparse(read_keypoint_regressor(paths.keypoint_regressor).matrix).to(
+            self.device
+        )
+        datasets = [ShardDataset.from_index(path) for path in config.indexes]
+        weights = config.weights or (1.0,) * len(datasets)
+        sampler = MixedSampler([len(d) for d in datasets], list(weights), config.batch_size, config.seed)
+        self.batches = TrainingBatches(datasets, sampler, config.augment)
+        self.step = 0
+        self.predictions: dict[str, dict] = {}
+
+    # -------------------------------------------------------------------------------- checkpoints
+    def save(self) -> Path:
+        """Write the checkpoint atomically (a crash mid-write leaves the previous one) and the predictions."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": self.step,
+            "torch_rng": torch.get_rng_state(),
+            "config": json.loads(json.dumps(asdict(self.config), default=str)),
+        }
+        path = self.out_dir / CHECKPOINT
+        tmp = path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+        self._write_predictions()
+        return path
+
+    def resume(self) -> int:
+        """Continue from the checkpoint in out_dir if there is one; returns the step resumed from (0 if none)."""
+        path = self.out_dir / CHECKPOINT
+        if not path.exists():
+            return 0
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step = int(state["step"])
+        predictions = self.out_dir / "predictions.parquet"
+        if predictions.exists():
+            self.predictions = {row["sample_id"]: row for row in pq.read_table(predictions).to_pylist()}
+        return self.step
+
+    def _write_predictions(self) -> None:
+        if not self.predictions:
+            return
+        rows = [self.predictions[key] for key in sorted(self.predictions)]
+        table = pa.table({name: [row[name] for row in rows] for name in rows[0]})
+        tmp = self.out_dir / "predictions.parquet.tmp"
+        pq.write_table(table, tmp)
+        os.replace(tmp, self.out_dir / "predictions.parquet")
+
+    # ----------------------------------------------------------------------------------- training
+    def train_step(self, batch: dict) -> dict[str, float]:
+        self.model.train()
+        images = batch["images"].to(self.device)
+        targets = LossTargets(
+            q=batch["q"].to(self.device),
+            betas=batch["betas"].to(self.device),
+            has_pose=batch["has_pose"].to(self.device),
+            has_betas=batch["has_betas"].to(self.device),
+            keypoints_3d=batch["keypoints_3d"].to(self.device),
+            keypoints_2d=batch["keypoints_2d"].to(self.device),
+        )
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            output = self.model(images)
+        # The body model and losses stay in float32: rotations and small keypoint offsets need it.
+        output_q, output_betas = output.q.float(), output.betas.float()
+        keypoints_3d, keypoints_2d = predicted_keypoints(
+            self.skel, self.regressor, output_q, output_betas, output.cam_t.float()
+        )
+        total, parts = hsmr_loss(
+            output.bone_rotations.float(), output_betas, keypoints_3d, keypoints_2d, targets, self.config.loss_weights
+        )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self._remember(batch["meta"], output_q, output_betas, output.cam_t.float(), keypoints_2d)
+        return {"loss": float(total.detach()), **{k: float(v.detach()) for k, v in parts.items()}}
+
+    def _remember(self, meta, q, betas, cam_t, keypoints_2d) -> None:
+        q, betas = q.detach().cpu().numpy(), betas.detach().cpu().numpy()
+        cam_t, keypoints_2d = cam_t.detach().cpu().numpy(), keypoints_2d.detach().cpu().numpy()
+        for i, info in enumerate(meta):
+            self.predictions[info["sample_id"]] = {
+                "sample_id": info["sample_id"],
+                "dataset": info["dataset"],
+                "step": self.step,
+                "q": unaugment_q(q[i], info).tolist(),
+                "betas": betas[i].astype(np.float64).tolist(),
+                # The camera and 2D keypoints are those of the augmented crop; refinement re-fits the camera.
+                "cam_t": cam_t[i].astype(np.float64).tolist(),
+                "keypoints_2d": keypoints_2d[i].astype(np.float64).ravel().tolist(),
+            }
+
+    def run(self, on_log: Callable[[dict], None] | None = None, stop_after: int | None = None) -> TrainResult:
+        """Train until config.steps (or `stop_after` more steps), checkpointing every checkpoint_every."""
+        resumed_from = self.resume()
+        end = self.config.steps if stop_after is None else min(self.config.steps, self.step + stop_after)
+        loader = torch.utils.data.DataLoader(
+            self.batches,
+            batch_size=None,
+            sampler=range(self.step, end),
+            num_workers=self.config.loader_workers,
+            multiprocessing_context="spawn" if self.config.loader_workers else None,
+        )
+        metrics_path = self.out_dir / "metrics.jsonl"
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        losses, started, images = {}, time.perf_counter(), 0
+        for batch in loader:
+            losses = self.train_step(batch)
+            self.step += 1
+            images += len(batch["meta"])
+            if self.step % self.config.log_every == 0 or self.step == end:
+                record = {"step": self.step, **losses, "images_per_s": images / (time.perf_counter() - started)}
+                with metrics_path.open("a") as handle:
+                    handle.write(json.dumps(record) + "\n")
+                if on_log is not None:
+                    on_log(record)
+            if self.step % self.config.checkpoint_every == 0 or self.step == end:
+                self.save()
+        elapsed = time.perf_counter() - started
+        return TrainResult(
+            step=self.step,
+            resumed_from=resumed_from,
+            checkpoint=str(self.out_dir / CHECKPOINT),
+            predictions=str(self.out_dir / "predictions.parquet"),
+            metrics=str(metrics_path),
+            last_losses=losses,
+            images_per_second=images / elapsed if elapsed > 0 else 0.0,
+        )

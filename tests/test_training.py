@@ -1,0 +1,164 @@
+"""The training loader and loop: deterministic batches, augmentation that keeps labels consistent,
+checkpoints that a killed process resumes from to the same parameters."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from hsmr_data import export
+from hsmr_data import label_table as lt
+from hsmr_data.synthetic.world import SynthConfig, generate_dataset
+from hsmr_data.train_data import AugmentConfig, MixedSampler, ShardDataset, augment_sample, unaugment_q
+from hsmr_data.training import CHECKPOINT, TrainConfig, Trainer
+from hsmr_model.pose_repr import bone_rotations
+from tests.conftest import truth_label_rows
+
+
+@pytest.fixture(scope="module")
+def index(model_paths, tmp_path_factory) -> str:
+    root = tmp_path_factory.mktemp("train")
+    generate_dataset(model_paths, root / "synth", SynthConfig(count=8, batch_size=8, shard_maxcount=4))
+    truth = {row["sample_id"]: row for row in pq.read_table(root / "synth/truth/ground_truth.parquet").to_pylist()}
+    uri = str(root / "labels")
+    lt.commit_chunk(uri, lt.validate_rows(truth_label_rows(truth, sorted(truth), "all")), "all")
+    return export.export_shards(uri, {"synth": str(root / "synth")}, root / "shards", maxcount=3).index
+
+
+def _config(index, model_paths, out_dir, **overrides) -> TrainConfig:
+    base = TrainConfig(
+        indexes=(index,),
+        out_dir=str(out_dir),
+        models_root=str(model_paths.smpl.parent.parent),
+        steps=6,
+        batch_size=4,
+        checkpoint_every=2,
+        log_every=1,
+    )
+    return replace(base, **overrides)
+
+
+def test_sampler_is_a_function_of_seed_and_step():
+    sampler = MixedSampler([5, 100], [0.0, 1.0], batch_size=8, seed=3)
+    assert sampler.batch(7) == sampler.batch(7) and sampler.batch(7) != sampler.batch(8)
+    assert {dataset for dataset, _ in sampler.batch(0)} == {1}  # weight 0 never drawn
+    with pytest.raises(ValueError, match="weight"):
+        MixedSampler([5], [1.0, 1.0], batch_size=2)
+
+
+def test_dataset_reads_every_exported_sample(index):
+    dataset = ShardDataset.from_index(index)
+    assert len(dataset) == 8
+    entries = dataset.read(5)
+    assert set(entries) == {"jpg", "npz", "json"}
+    assert Image.open(io.BytesIO(entries["jpg"])).size == (256, 256)
+
+
+def test_rotation_turns_keypoints_and_global_orientation_together(index):
+    dataset = ShardDataset.from_index(index)
+    entries = dataset.read(0)
+    arrays = export.npz_arrays(entries["npz"])
+    image = Image.open(io.BytesIO(entries["jpg"])).convert("RGB")
+    only_rotation = AugmentConfig(flip_p=0.0, scale=0.0, rotation_p=1.0, translation=0.0, colour=0.0)
+    _, labels, applied = augment_sample(arrays, image, np.random.default_rng(4), only_rotation)
+    assert applied["rotation_deg"] != 0.0
+    angle = np.radians(applied["rotation_deg"])
+    rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    assert np.allclose(labels["keypoints_2d"][:, :2], arrays["keypoints_2d"][:, :2] @ rotation.T, atol=1e-5)
+    # The body turned with the image: its global rotation changed by the same rotation about z.
+    before = bone_rotations(torch.as_tensor(arrays["q"][None], dtype=torch.float64))[0, 0].numpy()
+    after = bone_rotations(torch.as_tensor(labels["q"][None]))[0, 0].numpy()
+    assert np.allclose((after @ before.T)[:2, :2], rotation, atol=1e-5)
+    # And back: the prediction on the rotated crop maps to the sample's own q.
+    assert np.allclose(unaugment_q(labels["q"], applied), arrays["q"], atol=1e-5)
+
+
+def test_flip_uses_the_mirrored_labels(index):
+    dataset = ShardDataset.from_index(index)
+    arrays = export.npz_arrays(dataset.read(1)["npz"])
+    image = Image.open(io.BytesIO(dataset.read(1)["jpg"])).convert("RGB")
+    only_flip = AugmentConfig(flip_p=1.0, scale=0.0, rotation_p=0.0, translation=0.0, colour=0.0)
+    pixels, labels, applied = augment_sample(arrays, image, np.random.default_rng(0), only_flip)
+    assert applied["flipped"]
+    assert np.allclose(labels["q"], arrays["q_flip"]) and np.allclose(
+        labels["keypoints_2d"], arrays["keypoints_2d_flip"]
+    )
+    original = np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 255
+    assert np.allclose(pixels, original[:, :, ::-1], atol=1e-6)
+    assert np.allclose(unaugment_q(labels["q"], applied), arrays["q"], atol=1e-6)
+
+
+def test_training_logs_checkpoints_and_keeps_predictions(index, model_paths, tmp_path):
+    result = Trainer(_config(index, model_paths, tmp_path)).run()
+    assert result.step == 6 and result.resumed_from == 0
+    lines = Path(result.metrics).read_text().splitlines()
+    assert len(lines) == 6 and all(np.isfinite(json.loads(line)["loss"]) for line in lines)
+    predictions = pq.read_table(result.predictions).to_pylist()
+    assert 1 <= len(predictions) <= 8 and len(predictions[0]["q"]) == 46 and len(predictions[0]["keypoints_2d"]) == 88
+    again = Trainer(_config(index, model_paths, tmp_path)).run()
+    assert again.resumed_from == 6 and again.step == 6  # nothing left to do
+
+
+def _parameters(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["model"]
+
+
+def test_resume_in_process_equals_an_uninterrupted_run(index, model_paths, tmp_path):
+    Trainer(_config(index, model_paths, tmp_path / "straight")).run()
+    Trainer(_config(index, model_paths, tmp_path / "split")).run(stop_after=2)
+    Trainer(_config(index, model_paths, tmp_path / "split")).run()
+    straight, split = _parameters(tmp_path / "straight" / CHECKPOINT), _parameters(tmp_path / "split" / CHECKPOINT)
+    assert all(torch.equal(straight[name], split[name]) for name in straight)
+
+
+_TRAIN_SCRIPT = """
+import sys, time
+from hsmr_data.training import TrainConfig, Trainer
+index, out, models, pause = sys.argv[1:5]
+config = TrainConfig(indexes=(index,), out_dir=out, models_root=models, steps=8, batch_size=4,
+                     checkpoint_every=2, log_every=1)
+trainer = Trainer(config)
+original = trainer.save
+def slow_save():
+    path = original()
+    time.sleep(float(pause))  # leaves a window after each checkpoint for the test to kill us in
+    return path
+trainer.save = slow_save
+trainer.run()
+"""
+
+
+@pytest.mark.slow
+def test_killed_training_resumes_to_the_same_parameters(index, model_paths, tmp_path):
+    models = str(model_paths.smpl.parent.parent)
+    Trainer(_config(index, model_paths, tmp_path / "straight", steps=8)).run()
+    out = tmp_path / "killed"
+    script = tmp_path / "train.py"
+    script.write_text(_TRAIN_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    process = subprocess.Popen([sys.executable, str(script), index, str(out), models, "3"], env=env)
+    deadline = time.time() + 240
+    while not (out / CHECKPOINT).exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    assert process.poll() is None, "training finished before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at = torch.load(out / CHECKPOINT, weights_only=True)["step"]
+    assert 0 < killed_at < 8
+    resumed = Trainer(_config(index, model_paths, out, steps=8)).run()
+    assert resumed.resumed_from == killed_at and resumed.step == 8
+    straight, after = _parameters(tmp_path / "straight" / CHECKPOINT), _parameters(out / CHECKPOINT)
+    assert all(torch.equal(straight[name], after[name]) for name in straight)
