@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -11,6 +12,16 @@ import torch.nn.functional as F
 
 from hsmr_model import skel_constants as C
 from hsmr_model.camera import DEFAULT_DEPTH, FOCAL_NORMALISED, project
+from hsmr_model.losses import (
+    LossTargets,
+    LossWeights,
+    betas_loss,
+    hsmr_loss,
+    keypoint_2d_loss,
+    keypoint_3d_loss,
+    predicted_keypoints,
+    rotation_losses,
+)
 from hsmr_model.model_files import read_keypoint_regressor
 from hsmr_model.network import (
     HSMRNetwork,
@@ -266,3 +277,122 @@ def test_vitpose_loader_refuses_checkpoints_with_arbitrary_objects(tmp_path):
     torch.save({"state_dict": {"pos_embed": torch.zeros(1)}, "hook": _NotWeights()}, tmp_path / "evil.pth")
     with pytest.raises(ValueError, match="weights-only"):
         load_vitpose_backbone(ViTBackbone(network_config("tiny").backbone), tmp_path / "evil.pth")
+
+
+# ------------------------------------------------------------------------------------- losses
+def _labels(skel, regressor, count: int, seed: int) -> LossTargets:
+    """Consistent labels: q, β, and the keypoints of that body seen by a crop camera, all confident."""
+    generator = torch.Generator().manual_seed(seed)
+    q = _poses(count, seed)
+    betas = 0.5 * torch.randn(count, 10, generator=generator)
+    cam_t = torch.cat([0.1 * torch.randn(count, 2, generator=generator), 35 + 20 * torch.rand(count, 1)], dim=1)
+    with torch.no_grad():
+        keypoints_3d, keypoints_2d = predicted_keypoints(skel, regressor, q, betas, cam_t)
+    ones = torch.ones(count, 44, 1)
+    return LossTargets(
+        q=q,
+        betas=betas,
+        has_pose=torch.ones(count, dtype=torch.bool),
+        has_betas=torch.ones(count, dtype=torch.bool),
+        keypoints_3d=torch.cat([keypoints_3d, ones], dim=-1),
+        keypoints_2d=torch.cat([keypoints_2d, ones], dim=-1),
+    )
+
+
+def _loss_of(labels: LossTargets, q, betas, keypoints_3d, keypoints_2d, weights=None):
+    return hsmr_loss(bone_rotations(q), betas, keypoints_3d, keypoints_2d, labels, weights)
+
+
+def test_losses_vanish_for_the_labels_themselves_and_grow_otherwise(skel, regressor):
+    labels = _labels(skel, regressor, 4, seed=1)
+    kp3d, kp2d = labels.keypoints_3d[..., :3], labels.keypoints_2d[..., :2]
+    total, parts = _loss_of(labels, labels.q, labels.betas, kp3d, kp2d)
+    assert total.item() == pytest.approx(0.0, abs=1e-6)
+    assert set(parts) == {"orientation", "body_pose", "betas", "kp3d", "kp2d"}
+    assert all(value.item() == pytest.approx(0.0, abs=1e-6) for value in parts.values())
+
+    other = _labels(skel, regressor, 4, seed=2)
+    total, parts = _loss_of(labels, other.q, other.betas, other.keypoints_3d[..., :3], other.keypoints_2d[..., :2])
+    assert all(value > 0 for value in parts.values())
+    weights = LossWeights()
+    assert total == pytest.approx(sum(getattr(weights, name) * value for name, value in parts.items()).item())
+    # A rigid shift of the whole 3D body is no error (kp3d is centred on the pelvis keypoint) up to float32 rounding.
+    assert keypoint_3d_loss(kp3d + torch.tensor([0.3, -1.0, 5.0]), labels.keypoints_3d).abs().max() < 1e-4
+
+
+def test_global_orientation_and_body_pose_are_separate_terms():
+    q = _poses(2, seed=4)
+    turned = q.clone()
+    turned[:, 0] += 0.2
+    orientation, body = rotation_losses(bone_rotations(turned), bone_rotations(q), torch.ones(2))
+    assert (orientation > 0).all() and body.abs().max() == 0
+    bent = q.clone()
+    bent[:, 6] += 0.2  # right knee
+    orientation, body = rotation_losses(bone_rotations(bent), bone_rotations(q), torch.ones(2))
+    assert orientation.abs().max() == 0 and (body > 0).all()
+
+
+def test_masks_and_confidences_remove_terms(skel, regressor):
+    labels = _labels(skel, regressor, 3, seed=5)
+    other = _labels(skel, regressor, 3, seed=6)
+    mask = torch.tensor([True, False, True])
+    orientation, body = rotation_losses(bone_rotations(other.q), bone_rotations(labels.q), mask)
+    assert orientation[1] == 0 and body[1] == 0 and (body[mask] > 0).all()
+    beta_terms = betas_loss(other.betas, labels.betas, mask.float())
+    assert beta_terms[1] == 0 and (beta_terms[mask] > 0).all()
+
+    unseen = labels.keypoints_2d.clone()
+    unseen[1, :, 2] = 0
+    assert keypoint_2d_loss(other.keypoints_2d[..., :2], unseen)[1] == 0
+    unseen = labels.keypoints_3d.clone()
+    unseen[1, :, 3] = 0
+    assert keypoint_3d_loss(other.keypoints_3d[..., :3], unseen)[1] == 0
+    # One confident keypoint: the loss is its L1 distance alone.
+    one = torch.zeros(1, 44, 3)
+    one[0, 7] = torch.tensor([0.1, -0.2, 1.0])
+    assert keypoint_2d_loss(torch.zeros(1, 44, 2), one).item() == pytest.approx(0.3)
+
+    no_labels = LossTargets(labels.q, labels.betas, torch.zeros(3), torch.zeros(3), unseen * 0, labels.keypoints_2d * 0)
+    total, _ = _loss_of(no_labels, other.q, other.betas, other.keypoints_3d[..., :3], other.keypoints_2d[..., :2])
+    assert total.item() == 0
+
+
+def test_predicted_keypoints_are_the_skin_keypoints_and_their_projection(skel, regressor):
+    q, betas = _poses(2, seed=7), torch.zeros(2, 10)
+    cam_t = torch.tensor([[0.0, 0.1, 40.0], [0.2, 0.0, 60.0]])
+    keypoints_3d, keypoints_2d = predicted_keypoints(skel, regressor, q, betas, cam_t)
+    assert keypoints_3d.shape == (2, 44, 3) and keypoints_2d.shape == (2, 44, 2)
+    assert torch.allclose(keypoints_3d, skel.keypoints(q, betas, None, regressor))
+    assert torch.allclose(keypoints_2d, project(keypoints_3d, cam_t))
+
+
+@pytest.fixture
+def one_thread():
+    """Small ops on a shared machine: one intra-op thread is steady, two can be 10× slower when cores are busy."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+def test_tiny_network_overfits_sixteen_samples(skel, regressor, one_thread):
+    """The honest check of the wiring: images → network → SKEL keypoints → losses → gradients."""
+    torch.manual_seed(0)
+    labels = _labels(skel, regressor, 16, seed=8)
+    images = torch.rand(16, 3, 256, 256)
+    net = HSMRNetwork(network_config("tiny"))
+    optimiser = torch.optim.Adam(net.parameters(), lr=3e-3)
+    start, history = time.perf_counter(), []
+    for _ in range(150):
+        out = net(images)
+        keypoints_3d, keypoints_2d = predicted_keypoints(skel, regressor, out.q, out.betas, out.cam_t)
+        total, _ = hsmr_loss(out.bone_rotations, out.betas, keypoints_3d, keypoints_2d, labels)
+        optimiser.zero_grad()
+        total.backward()
+        optimiser.step()
+        history.append(total.item())
+    final = sum(history[-5:]) / 5
+    summary = f"loss {history[0]:.3f} -> {final:.4f} ({history[0] / final:.0f}x) in {time.perf_counter() - start:.1f} s"
+    print(summary)
+    assert final < history[0] / 10, summary
