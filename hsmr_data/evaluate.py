@@ -1,0 +1,360 @@
+"""Evaluation on the synthetic world, reported in the form of the HSMR paper's Tables 1–4.
+
+The synthetic world knows every person's true SKEL body, so each source of bodies is measured against
+it, on the normal split and on the hard one (the MOYO-like poses and views):
+
+- "SMPL pseudo-GT": the SMPL fits the dataset ships (the keypoint regressor works on the SMPL mesh and
+  the SKEL skin alike, since they share a topology); the paper's SMPL-output rows (HMR2.0);
+- "SMPL + SKEL fit": round 0 of the label table, SKEL fitted to that SMPL (Table 3's baseline);
+- "refined labels": the label table as it stands, after the SKELify rounds;
+- "network": a training run's predictions, when given (the paper's HSMR row).
+
+Metrics (hsmr_model.metrics): PCK@0.05/0.1 of the OpenPose body keypoints against the true ones
+projected in the crop camera, over the keypoints the dataset marks visible (confidence > 0);
+MPJPE / PA-MPJPE (14 LSP joints, pelvis-centred) and MPVPE / PA-MPVPE (pelvis-centred skin) in mm;
+Table 4's joint-limit violation shares of the knees and elbows. Every source is scored on the same
+samples (those all of them cover), so their numbers compare.
+
+Crop cameras: labels carry their own (`trans`); the SMPL pseudo-GT has none in the data, and a
+network's `cam_t` belongs to the augmented crop it saw, so both are placed by the same fit to the
+dataset's 2D keypoints that placed the labels (hsmr_model.camera.fit_translation).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from hsmr_data import label_table
+from hsmr_data.conversion import list_chunks
+from hsmr_data.filters import FilterConfig, clean_confidences
+from hsmr_data.hmr2_format import read_shards
+from hsmr_data.quarantine import Quarantine
+from hsmr_data.records import PersonSample
+from hsmr_model import camera
+from hsmr_model import metrics as M
+from hsmr_model.model_files import BodyModelPaths
+from hsmr_model.regressor import VertexRegressor
+from hsmr_model.skel_layer import SKELLayer
+from hsmr_model.smpl_layer import SMPLWithKeypoints
+
+SPLITS = ("normal", "hard")
+SKEL_SEX = "male"  # the labels and the synthetic world use the male SKEL model
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    dataset_dir: str  # holds shards/*.tar and, by default, truth/ground_truth.parquet
+    table_uri: str
+    models_root: str = "storage/models"
+    predictions_path: str | None = None  # a training run's predictions.parquet
+    truth_path: str | None = None
+    dataset: str = "synth"
+    batch_size: int = 128
+
+    @property
+    def truth(self) -> str:
+        return self.truth_path or str(Path(self.dataset_dir) / "truth" / "ground_truth.parquet")
+
+
+@dataclass
+class EvalModels:
+    """The body models, loaded once through the real loaders."""
+
+    skel: SKELLayer
+    smpl: SMPLWithKeypoints
+    keypoints: VertexRegressor
+
+    @classmethod
+    def load(cls, models_root: str) -> EvalModels:
+        paths = BodyModelPaths.from_root(models_root)
+        smpl = SMPLWithKeypoints.from_files(paths.smpl, paths.keypoint_regressor)
+        regressor = VertexRegressor(smpl.keypoint_ids, smpl.keypoint_weights, smpl.smpl.v_template.shape[0])
+        return cls(SKELLayer.from_file(paths.skel(SKEL_SEX)), smpl, regressor)
+
+
+@dataclass
+class Bodies:
+    """What one source says about N samples: model-frame 3D, crop-camera 2D, and its joint-limit check."""
+
+    keypoints: np.ndarray  # (N, 44, 3) metres, model frame (translation irrelevant: everything is centred)
+    vertices: np.ndarray  # (N, 6890, 3)
+    keypoints_2d: np.ndarray  # (N, 44, 2) normalised crop coordinates
+    violations_at: Callable[[float], dict[str, np.ndarray]]  # tolerance (deg) → part → (N,) degrees
+
+
+def load_samples(dataset_dir: str, dataset: str) -> dict[str, PersonSample]:
+    """Every valid person of the dataset's shards by sample id (refused ones are simply absent)."""
+    return {s.sample_id: s for s in read_shards(list_chunks(dataset_dir), dataset, Quarantine())}
+
+
+def observed_keypoints(samples: list[PersonSample]) -> np.ndarray:
+    """The dataset's 2D keypoints in normalised crop coordinates, confidences after the loader's floor: (N, 44, 3)."""
+    keypoints = torch.as_tensor(np.stack([s.keypoints_2d for s in samples]), dtype=torch.float64)
+    center = torch.as_tensor(np.stack([s.center for s in samples]), dtype=torch.float64)
+    side = torch.as_tensor(np.stack([s.scale.max() * 200.0 for s in samples]), dtype=torch.float64)
+    crop = camera.to_crop_coordinates(keypoints, center, side).numpy()
+    crop[..., 2] = clean_confidences(crop[..., 2], FilterConfig.keypoint_conf_floor)
+    return crop
+
+
+def _batches(count: int, size: int) -> list[slice]:
+    return [slice(start, min(start + size, count)) for start in range(0, count, size)]
+
+
+def _place(keypoints: np.ndarray, trans: np.ndarray | None, observed: np.ndarray) -> np.ndarray:
+    """2D keypoints in the crop camera; a missing translation is fitted to the observed keypoints."""
+    points = torch.as_tensor(keypoints)
+    if trans is None:
+        trans_t = camera.fit_translation(points, torch.as_tensor(observed))
+    else:
+        trans_t = torch.as_tensor(np.asarray(trans, np.float64))
+    return camera.project(points, trans_t).numpy()
+
+
+def skel_bodies(
+    models: EvalModels,
+    q: np.ndarray,
+    betas: np.ndarray,
+    trans: np.ndarray | None,
+    observed: np.ndarray,
+    batch_size: int = 128,
+) -> Bodies:
+    """SKEL bodies of (N, 46) q and (N, 10) β; `trans` (N, 3) is the crop camera, or None to fit it."""
+    vertices = []
+    for part in _batches(len(q), batch_size):
+        with torch.no_grad():
+            out = models.skel(torch.as_tensor(q[part], dtype=torch.float32), torch.as_tensor(betas[part]).float())
+        vertices.append(out.skin_verts.double().numpy())
+    skin = np.concatenate(vertices)
+    keypoints = models.keypoints(torch.as_tensor(skin)).numpy()
+    q64 = np.asarray(q, np.float64)
+    return Bodies(keypoints, skin, _place(keypoints, trans, observed), lambda t: M.skel_violations(q64, t))
+
+
+def smpl_bodies(
+    models: EvalModels,
+    global_orient: np.ndarray,
+    body_pose: np.ndarray,
+    betas: np.ndarray,
+    observed: np.ndarray,
+    batch_size: int = 128,
+) -> Bodies:
+    """SMPL bodies of axis-angle (N, 3) and (N, 69) and (N, 10) β, placed by a fit to the observed keypoints."""
+    vertices = []
+    for part in _batches(len(body_pose), batch_size):
+        with torch.no_grad():
+            out = models.smpl(
+                torch.as_tensor(global_orient[part]).float(),
+                torch.as_tensor(body_pose[part]).float(),
+                torch.as_tensor(betas[part]).float(),
+            )
+        vertices.append(out.vertices.double().numpy())
+    skin = np.concatenate(vertices)
+    keypoints = models.keypoints(torch.as_tensor(skin)).numpy()
+    pose = np.asarray(body_pose, np.float64)
+    return Bodies(keypoints, skin, _place(keypoints, None, observed), lambda t: M.smpl_violations(pose, t))
+
+
+def _nanmean(values: np.ndarray) -> float:
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if finite.size else math.nan
+
+
+def scores(predicted: Bodies, truth: Bodies, visible: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
+    """Every metric of the samples in `mask`, as means (PCK, mm) and Table 4 shares."""
+    if not mask.any():
+        return {"samples": 0}
+    root_p, root_t = predicted.keypoints[mask, M.PELVIS], truth.keypoints[mask, M.PELVIS]
+    out: dict[str, Any] = {"samples": int(mask.sum())}
+    for threshold in M.PCK_THRESHOLDS:
+        pck = M.pck(predicted.keypoints_2d[mask], truth.keypoints_2d[mask], visible[mask], threshold)
+        out[f"pck@{threshold:g}"] = _nanmean(pck)
+    out["mpjpe_mm"] = float(M.mpjpe(predicted.keypoints[mask], truth.keypoints[mask]).mean())
+    out["pa_mpjpe_mm"] = float(M.pa_mpjpe(predicted.keypoints[mask], truth.keypoints[mask]).mean())
+    out["mpvpe_mm"] = float(M.mpvpe(predicted.vertices[mask], truth.vertices[mask], root_p, root_t).mean())
+    out["pa_mpvpe_mm"] = float(M.pa_mpvpe(predicted.vertices[mask], truth.vertices[mask]).mean())
+    shares = M.violation_shares(lambda t: {k: v[mask] for k, v in predicted.violations_at(t).items()})
+    out["violations"] = {part: {f"{t:g}": share for t, share in by_tol.items()} for part, by_tol in shares.items()}
+    return out
+
+
+@dataclass(frozen=True)
+class Source:
+    """One row of the report: a name, how the paper's tables call its kind, and its bodies."""
+
+    key: str
+    label: str
+    output: str  # "SMPL" or "SKEL"
+    bodies: Bodies
+
+
+def _label_arrays(labels, ids: list[str]) -> dict[str, np.ndarray]:
+    rows = {row["sample_id"]: row for row in labels.select(["sample_id", "q", "betas", "trans"]).to_pylist()}
+    return {name: np.array([rows[i][name] for i in ids], np.float64) for name in ("q", "betas", "trans")}
+
+
+def evaluate(config: EvalConfig, models: EvalModels | None = None) -> dict[str, Any]:
+    """Score every source against the truth per split: the report as a JSON-able dict."""
+    models = models or EvalModels.load(config.models_root)
+    truth = {row["sample_id"]: row for row in pq.read_table(config.truth).to_pylist()}
+    samples = load_samples(config.dataset_dir, config.dataset)
+    round0 = label_table.read_labels(config.table_uri, round=0)
+    latest = label_table.read_labels(config.table_uri)
+    latest_round = max(label_table.round_versions(config.table_uri))
+    predictions = pq.read_table(config.predictions_path).to_pylist() if config.predictions_path else None
+
+    common = set(truth) & set(samples)
+    common &= set(round0["sample_id"].to_pylist()) & set(latest["sample_id"].to_pylist())
+    if predictions is not None:
+        common &= {row["sample_id"] for row in predictions}
+    ids = sorted(common)
+    if not ids:
+        raise ValueError("no sample is in the truth, the shards, the label table and the predictions at once")
+
+    people = [samples[i] for i in ids]
+    observed = observed_keypoints(people)
+    visible = np.stack([s.keypoints_2d[:, 2] > 0 for s in people])
+    split = np.array([truth[i]["split"] for i in ids])
+    true_bodies = skel_bodies(
+        models,
+        np.array([truth[i]["q"] for i in ids]),
+        np.array([truth[i]["betas"] for i in ids]),
+        np.array([truth[i]["trans"] for i in ids]),
+        observed,
+        config.batch_size,
+    )
+
+    def labels_source(key: str, label: str, table) -> Source:
+        arrays = _label_arrays(table, ids)
+        bodies = skel_bodies(models, arrays["q"], arrays["betas"], arrays["trans"], observed, config.batch_size)
+        return Source(key, label, "SKEL", bodies)
+
+    pseudo_gt = smpl_bodies(
+        models,
+        np.stack([s.global_orient for s in people]),
+        np.stack([s.body_pose for s in people]),
+        np.stack([s.betas for s in people]),
+        observed,
+        config.batch_size,
+    )
+    sources = [
+        Source("smpl_pseudo_gt", "SMPL pseudo-GT", "SMPL", pseudo_gt),
+        labels_source("smpl_skel_fit", "SMPL + SKEL fit (round 0)", round0),
+        labels_source("refined_labels", f"refined labels (round {latest_round})", latest),
+    ]
+    if predictions is not None:
+        by_id = {row["sample_id"]: row for row in predictions}
+        q = np.array([by_id[i]["q"] for i in ids], np.float64)
+        betas = np.array([by_id[i]["betas"] for i in ids], np.float64)
+        step = max(int(row.get("step", 0)) for row in predictions)
+        bodies = skel_bodies(models, q, betas, None, observed, config.batch_size)
+        sources.append(Source("network", f"network (step {step})", "SKEL", bodies))
+
+    return {
+        "dataset_dir": config.dataset_dir,
+        "table_uri": config.table_uri,
+        "predictions": config.predictions_path,
+        "latest_round": latest_round,
+        "samples": {name: int((split == name).sum()) for name in SPLITS},
+        "sources": {
+            source.key: {
+                "label": source.label,
+                "output": source.output,
+                "splits": {name: scores(source.bodies, true_bodies, visible, split == name) for name in SPLITS},
+            }
+            for source in sources
+        },
+    }
+
+
+# ---------------------------------------------------------------------------------- the report
+def _number(value: float | None, digits: int) -> str:
+    return "–" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _percent(share: float | None) -> str:
+    return "–" if share is None or not math.isfinite(share) else f"{100 * share:.1f}%"
+
+
+def _accuracy_table(report: dict[str, Any], keys: list[str]) -> list[str]:
+    header = "| method | " + " | ".join(f"{split} PCK@0.05 | @0.1 | MPJPE | PA-MPJPE" for split in SPLITS) + " |"
+    lines = [header, "| --- |" + " --- |" * 4 * len(SPLITS)]
+    for key in keys:
+        source = report["sources"][key]
+        cells = []
+        for split in SPLITS:
+            s = source["splits"][split]
+            cells += [_number(s.get("pck@0.05"), 2), _number(s.get("pck@0.1"), 2)]
+            cells += [_number(s.get("mpjpe_mm"), 1), _number(s.get("pa_mpjpe_mm"), 1)]
+        lines.append(f"| {source['label']} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    """The report as the paper's tables: 1 (SMPL output and the network), 2 (mesh), 3 (SKEL fits), 4 (limits)."""
+    sources = report["sources"]
+    smpl_and_network = [k for k in ("smpl_pseudo_gt", "network") if k in sources]
+    skel_fits = [k for k in ("smpl_skel_fit", "refined_labels") if k in sources]
+    counts = ", ".join(f"{n} {split}" for split, n in report["samples"].items())
+    lines = [
+        "# Evaluation against the synthetic world's true bodies",
+        "",
+        f"Samples: {counts} (every method on the same ones). Label table `{report['table_uri']}`, "
+        f"latest round {report['latest_round']}. PCK: share of visible OpenPose keypoints within t × crop size; "
+        "MPJPE and PA-MPJPE in mm on the 14 LSP joints, pelvis-centred.",
+        "",
+        "## Table 1: SMPL pseudo-GT (the paper's SMPL-output rows) and the network",
+        "",
+        *_accuracy_table(report, smpl_and_network),
+        "",
+        "## Table 2: mesh error (mm), pelvis-centred",
+        "",
+        "| method | " + " | ".join(f"{split} MPVPE | PA-MPVPE" for split in SPLITS) + " |",
+        "| --- |" + " --- |" * 2 * len(SPLITS),
+        *(
+            f"| {sources[k]['label']} | "
+            + " | ".join(
+                f"{_number(sources[k]['splits'][s].get('mpvpe_mm'), 1)} | "
+                f"{_number(sources[k]['splits'][s].get('pa_mpvpe_mm'), 1)}"
+                for s in SPLITS
+            )
+            + " |"
+            for k in sources
+        ),
+        "",
+        "## Table 3: SKEL recovered by fitting (SMPL + SKEL fit) and after refinement",
+        "",
+        *_accuracy_table(report, skel_fits),
+        "",
+        "## Table 4: share of samples whose elbow or knee rotation exceeds the natural range",
+        "",
+        "| method | split | "
+        + " | ".join(f">{t}°: L elbow | R elbow | L knee | R knee" for t in ("10", "20", "30"))
+        + " |",
+        "| --- | --- |" + " --- |" * 12,
+    ]
+    for source in sources.values():
+        for split in SPLITS:
+            violations = source["splits"][split].get("violations", {})
+            cells = [_percent(violations.get(part, {}).get(t)) for t in ("10", "20", "30") for part in M.LIMB_PARTS]
+            lines.append(f"| {source['label']} | {split} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
+    """evaluation.json and evaluation.md under `out_dir`."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out / "evaluation.json", out / "evaluation.md"
+    json_path.write_text(json.dumps(report, indent=2, allow_nan=True))
+    md_path.write_text(to_markdown(report))
+    return json_path, md_path
