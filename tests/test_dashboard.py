@@ -1,0 +1,217 @@
+"""The evaluation report and the label dashboard on a tiny synthetic world with a two-round label table.
+
+Round 0 holds the true labels of six people, three of them spoilt (a knee bent backwards, a shape out
+of range, a label far from its SMPL mesh); round 1 replaces those three with the truth. The page is
+then opened in real headless Chromium: its DOM must hold the charts with bars of both rounds, and a
+screenshot must show something.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+from html.parser import HTMLParser
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from hsmr_data import dashboard as D
+from hsmr_data import evaluate as E
+from hsmr_data import label_table
+from hsmr_data.synthetic.world import SynthConfig, generate_dataset
+from tests.conftest import truth_label_rows
+
+PEOPLE = 6
+SPOILT = {0: "knee", 1: "betas", 2: "pve"}  # row index → what round 0 gets wrong
+
+
+@pytest.fixture(scope="module")
+def world(model_paths, tmp_path_factory):
+    out = tmp_path_factory.mktemp("dashboard-world")
+    generate_dataset(model_paths, out / "synth", SynthConfig(count=PEOPLE, batch_size=PEOPLE))
+    truth = {row["sample_id"]: row for row in pq.read_table(out / "synth/truth/ground_truth.parquet").to_pylist()}
+    ids = sorted(truth)
+    uri = str(out / "labels")
+
+    round0 = truth_label_rows(truth, ids, "synth/000000")
+    round0["kp2d_err"] = np.full(PEOPLE, 0.01)
+    for row, fault in SPOILT.items():
+        round0["kp2d_err"][row] = 0.05
+        if fault == "knee":
+            round0["q"][row, 6] = np.radians(-25.0)  # right knee 25° backwards
+        elif fault == "betas":
+            round0["betas"][row, 0] = 3.5
+            round0["betas_ok"][row] = round0["passed"][row] = False
+        else:
+            round0["pve_max"][row] = 0.08
+            round0["q"][row, 29] += 0.5  # the right shoulder off by 29°
+            round0["pve_ok"][row] = round0["passed"][row] = False
+    label_table.commit_chunk(uri, round0, "convert/synth/000000")
+
+    fixed = [ids[row] for row in SPOILT]
+    round1 = truth_label_rows(truth, fixed, "skelify/1")
+    round1["kp2d_err"] = np.full(len(fixed), 0.01)
+    label_table.commit_round(uri, round1, 1)
+    return {"dataset_dir": str(out / "synth"), "table": uri, "ids": ids, "truth": truth, "models": model_paths}
+
+
+@pytest.fixture(scope="module")
+def models_root(world):
+    return str(world["models"].smpl.parent.parent)
+
+
+@pytest.fixture(scope="module")
+def page(world, models_root, tmp_path_factory):
+    config = D.DashboardConfig(world["table"], world["dataset_dir"], models_root, gallery_size=4)
+    path, summary = D.write_dashboard(config, tmp_path_factory.mktemp("page") / "dashboard.html")
+    return path, summary
+
+
+# --------------------------------------------------------------------------------- evaluation
+def test_evaluation_scores_each_source_against_the_truth(world, models_root, tmp_path):
+    # A network that predicts the truth, its camera left to the fit as for the pseudo-GT.
+    ids, truth = world["ids"], world["truth"]
+    predictions = tmp_path / "predictions.parquet"
+    pq.write_table(
+        pa.table(
+            {
+                "sample_id": ids,
+                "step": [7] * len(ids),
+                "q": [truth[i]["q"] for i in ids],
+                "betas": [truth[i]["betas"] for i in ids],
+                "cam_t": [[0.0, 0.0, 30.0]] * len(ids),
+            }
+        ),
+        predictions,
+    )
+    config = E.EvalConfig(world["dataset_dir"], world["table"], models_root, predictions_path=str(predictions))
+    report = E.evaluate(config)
+    split = "normal" if report["samples"]["normal"] else "hard"
+    assert sum(report["samples"].values()) == PEOPLE
+    sources = report["sources"]
+    assert list(sources) == ["smpl_pseudo_gt", "smpl_skel_fit", "refined_labels", "network"]
+
+    refined = sources["refined_labels"]["splits"][split]
+    assert refined["mpjpe_mm"] < 0.1 and refined["pa_mpvpe_mm"] < 0.1  # round 1 holds the truth everywhere
+    assert refined["pck@0.05"] == 1.0  # the true crop camera projects onto the true keypoints
+    network = sources["network"]["splits"][split]
+    assert network["mpjpe_mm"] < 0.1 and network["pck@0.1"] > 0.95  # refitted camera, noisy keypoints
+
+    fit = {s: sources["smpl_skel_fit"]["splits"][s] for s in E.SPLITS if report["samples"][s]}
+    knee_share = sum(s["violations"]["right_knee"]["20"] * s["samples"] for s in fit.values()) / PEOPLE
+    assert knee_share == pytest.approx(1 / PEOPLE)  # the knee 25° backwards, > 20° but not > 30°
+    assert all(s["violations"]["right_knee"]["30"] == 0 for s in fit.values())
+    assert sum(s["mpjpe_mm"] * s["samples"] for s in fit.values()) > 1.0
+    assert sources["smpl_pseudo_gt"]["splits"][split]["mpjpe_mm"] > 1.0  # SMPL is not the SKEL body
+
+    json_path, md_path = E.write_report(report, tmp_path / "report")
+    markdown = md_path.read_text()
+    for heading in ("Table 1", "Table 2", "Table 3", "Table 4", "network (step 7)", "refined labels (round 1)"):
+        assert heading in markdown
+    assert json_path.exists()
+
+
+# --------------------------------------------------------------------------------- dashboard
+def test_summary_counts_rules_replacements_truth_and_violations(page, world):
+    _, summary = page
+    assert summary["rounds"] == [0, 1]
+    synth = summary["datasets"]["synth"]
+    first, second = synth["rounds"][0], synth["rounds"][1]
+    assert (first["samples"], first["passed"], first["rejected_betas"], first["rejected_pve_max"]) == (6, 4, 1, 1)
+    assert (second["passed"], second["rejected_betas"], second["rejected_pve_max"]) == (6, 0, 0)
+    replaced = synth["replacements"][1]
+    assert (replaced["replaced"], replaced["inserted"]) == (3, 0)
+    assert replaced["kp2d_err_improvement_median"] == pytest.approx(0.04)
+    truth = synth["truth"]
+    assert truth[1]["joint_error_mm"] < 0.1 < truth[0]["joint_error_mm"]
+    assert synth["violations"][0]["right_knee"]["20"] == pytest.approx(1 / 6)
+    assert synth["violations"][1]["right_knee"]["10"] == 0.0
+    assert len(synth["gallery"]) == 4
+    assert "| synth | 1 | 6 | 6 (100.0%) |" in D.summary_markdown(summary)
+
+
+def test_page_is_self_contained(page):
+    text = page[0].read_text()
+    assert "<script" not in text and "<link" not in text
+    # The only URL is the SVG namespace; images are inline.
+    assert text.count("http") == text.count('xmlns="http://www.w3.org/2000/svg"')
+    assert text.count('src="data:image/jpeg;base64,') == 4
+
+
+class _ChartParser(HTMLParser):
+    """Bars (chart id, round, height), lines (chart id, d) and gallery images of a DOM."""
+
+    def __init__(self):
+        super().__init__()
+        self.chart: str | None = None
+        self.charts: list[str] = []
+        self.bars: list[tuple[str, int, float]] = []
+        self.lines: list[tuple[str, str]] = []
+        self.images: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        classes = (a.get("class") or "").split()
+        if tag == "svg" and "chart" in classes:
+            self.chart = a["id"]
+            self.charts.append(a["id"])
+        elif tag == "rect" and "bar" in classes:
+            self.bars.append((self.chart, int(a["data-round"]), float(a["height"])))
+        elif tag == "path" and "line" in classes:
+            self.lines.append((self.chart, a["d"]))
+        elif tag == "img":
+            self.images.append(a["src"])
+
+    def handle_endtag(self, tag):
+        if tag == "svg":
+            self.chart = None
+
+
+def _chromium() -> str | None:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None and not os.environ.get("CI"):
+        pytest.skip("chromium is not installed (apt-get install chromium); CI installs it")
+    assert found, "CI must have chromium: .ci/run installs it"
+    return found
+
+
+def _run_chromium(binary: str, profile, *args: str) -> subprocess.CompletedProcess:
+    command = [
+        binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}", *args,
+    ]  # fmt: skip
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
+
+
+@pytest.mark.slow
+def test_chromium_renders_charts_of_both_rounds_and_a_readable_screenshot(page, tmp_path):
+    binary = _chromium()
+    path = page[0]
+    dom = _run_chromium(binary, tmp_path / "profile-dom", "--dump-dom", path.as_uri()).stdout
+    charts = _ChartParser()
+    charts.feed(dom)
+    expected = [f"hist-synth-{name}" for name in D.MEASURES] + ["filters-synth", "violations-synth"]
+    assert set(expected + ["replacements-synth", "truth-synth"]) <= set(charts.charts)
+    for chart in expected:
+        for round_ in (0, 1):
+            heights = [h for c, r, h in charts.bars if c == chart and r == round_]
+            assert heights, (chart, round_)
+            if chart.startswith("hist-"):
+                assert sum(heights) > 0, (chart, round_)
+    assert any(h > 0 for c, r, h in charts.bars if c == "violations-synth" and r == 0)  # the backward knee
+    assert [d.count("L") for c, d in charts.lines if c == "truth-synth"] == [1, 1]  # two rounds per line
+    assert len(charts.images) == 4 and all(src.startswith("data:image/jpeg;base64,") for src in charts.images)
+
+    screenshot = tmp_path / "dashboard.png"
+    _run_chromium(binary, tmp_path / "profile-shot", f"--screenshot={screenshot}", "--window-size=1280,2000",
+                  path.as_uri())  # fmt: skip
+    image = np.asarray(Image.open(io.BytesIO(screenshot.read_bytes())).convert("RGB"))
+    assert image.shape == (2000, 1280, 3)
+    colours = np.unique(image.reshape(-1, 3), axis=0)
+    assert len(colours) > 200  # text, bars in several colours and photos, not a blank page
+    assert image.std() > 20
