@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import duckdb
 import pyarrow as pa
@@ -16,7 +17,9 @@ from hsmr_data import conversion, label_table
 from hsmr_data.conversion import ConvertConfig
 from hsmr_data.synthetic.world import SynthConfig, generate_dataset
 
-PEOPLE, PER_SHARD = 8, 2
+# Four shards of one person: enough chunks to resume and to kill between, little fitting. The other
+# conversion test modules use the same dataset through `synthetic_dataset`.
+PEOPLE, PER_SHARD = 4, 1
 
 
 @pytest.fixture(scope="session")
@@ -32,11 +35,17 @@ def prefect_api(tmp_path_factory):
             yield
 
 
+def synthetic_dataset(model_paths, tmp_path_factory) -> Path:
+    """The tiny synthetic dataset, made once per session: rendering people is the costly part."""
+    out = tmp_path_factory.getbasetemp() / f"synth-{PEOPLE}x{PER_SHARD}"
+    if not (out / "manifest.json").exists():
+        generate_dataset(model_paths, out, SynthConfig(count=PEOPLE, batch_size=PEOPLE, shard_maxcount=PER_SHARD))
+    return out
+
+
 @pytest.fixture(scope="module")
 def dataset_dir(model_paths, tmp_path_factory):
-    out = tmp_path_factory.mktemp("synth")
-    generate_dataset(model_paths, out, SynthConfig(count=PEOPLE, batch_size=PEOPLE, shard_maxcount=PER_SHARD))
-    return out
+    return synthetic_dataset(model_paths, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

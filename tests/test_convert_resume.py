@@ -13,19 +13,15 @@ import pytest
 
 from hsmr_data import conversion, label_table
 from hsmr_data.conversion import ConvertConfig
-from hsmr_data.synthetic.world import SynthConfig, generate_dataset
+from tests.test_convert_flow import PEOPLE, PER_SHARD, synthetic_dataset
 
-# One person per shard: eight commits, so the kill lands between two of them with room to spare.
-PEOPLE, PER_SHARD = 8, 1
-CHUNKS = PEOPLE // PER_SHARD
+CHUNKS = PEOPLE // PER_SHARD  # commits seconds apart: the kill lands between two of them
 STARTUP_LIMIT_S = 240
 
 
 @pytest.fixture(scope="module")
 def dataset_dir(model_paths, tmp_path_factory):
-    out = tmp_path_factory.mktemp("synth")
-    generate_dataset(model_paths, out, SynthConfig(count=PEOPLE, batch_size=PEOPLE, shard_maxcount=PER_SHARD))
-    return out
+    return synthetic_dataset(model_paths, tmp_path_factory)
 
 
 def convert_command(dataset_dir: Path, table: Path, models_root: Path) -> list[str]:

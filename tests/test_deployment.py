@@ -16,10 +16,9 @@ from pathlib import Path
 import pytest
 
 from hsmr_data import label_table
-from hsmr_data.synthetic.world import SynthConfig, generate_dataset
+from tests.test_convert_flow import PEOPLE, synthetic_dataset
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-PEOPLE, PER_SHARD = 4, 2
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 
 # Registers the deployment, waits for the test to trigger a run, then runs what is scheduled and exits.
@@ -98,8 +97,8 @@ def stop(process: subprocess.Popen) -> None:
 
 
 @pytest.mark.slow
-def test_deployment_run_from_the_cli_converts_the_dataset(model_paths, tmp_path):
-    dataset_dir, table = tmp_path / "synth", tmp_path / "labels"
+def test_deployment_run_from_the_cli_converts_the_dataset(model_paths, tmp_path, tmp_path_factory):
+    table = tmp_path / "labels"
     port = free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     env = {
@@ -124,9 +123,7 @@ def test_deployment_run_from_the_cli_converts_the_dataset(model_paths, tmp_path)
             stdin=subprocess.PIPE, stdout=runner_log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         # The server's first start (database migrations) takes 15-30 s: make the data meanwhile.
-        generate_dataset(
-            model_paths, dataset_dir, SynthConfig(count=PEOPLE, batch_size=PEOPLE, shard_maxcount=PER_SHARD)
-        )
+        dataset_dir = synthetic_dataset(model_paths, tmp_path_factory)
         wait_for(lambda: is_healthy(api_url), server, "prefect server health", limit_s=120)
         wait_for(registered.exists, runner, "deployment registration", limit_s=120)
 
