@@ -7,6 +7,11 @@ hsmr data synth --n N --out DIR [--seed S] [--hard-fraction F]
 hsmr convert --dataset-dir DIR --table URI [--models storage/models] [--device auto] [--batch-size N]
                                             SMPL pseudo-GT → SKEL labels in the label table (no Prefect;
                                             the same steps as the convert-smpl-to-skel flow)
+hsmr eval --dataset-dir DIR --table URI [--predictions P] [--out storage/reports/eval]
+                                            every label source (and a network's predictions) against the
+                                            synthetic world's truth: the paper's Tables 1-4 as JSON + markdown
+hsmr dashboard --table URI [--dataset-dir DIR] [--out storage/reports/label_dashboard.html]
+                                            the label-quality page (no Prefect; the label-dashboard flow's steps)
 hsmr demo --models storage/models --out storage/demo
 """
 
@@ -98,6 +103,41 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from hsmr_data.evaluate import EvalConfig, evaluate, to_markdown, write_report
+
+    config = EvalConfig(
+        dataset_dir=args.dataset_dir,
+        table_uri=args.table,
+        models_root=args.models,
+        predictions_path=args.predictions,
+        truth_path=args.truth,
+        dataset=args.dataset,
+    )
+    report = evaluate(config)
+    json_path, md_path = write_report(report, args.out)
+    print(to_markdown(report))
+    print(f"written: {json_path}, {md_path}")
+    return 0
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    from hsmr_data.dashboard import DashboardConfig, summary_markdown, write_dashboard
+
+    config = DashboardConfig(
+        table_uri=args.table,
+        dataset_dir=args.dataset_dir or None,
+        models_root=args.models,
+        truth_path=args.truth,
+        dataset=args.dataset,
+        gallery_size=args.gallery_size,
+    )
+    page, summary = write_dashboard(config, args.out)
+    print(summary_markdown(summary))
+    print(f"written: {page}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from hsmr_data.demo import run_demo
 
@@ -142,6 +182,28 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--device", default="auto", help='"auto" (CUDA when present), "cpu", "cuda:1", ...')
     convert.add_argument("--batch-size", type=int, help="fitting batch (default: 256 on the CPU, by memory on CUDA)")
     convert.set_defaults(run=_convert)
+
+    evaluation = commands.add_parser("eval", help="score the labels (and predictions) against the synthetic truth")
+    evaluation.add_argument("--dataset-dir", required=True, help="folder holding shards/*.tar and truth/")
+    evaluation.add_argument("--table", required=True, help="label table URI")
+    evaluation.add_argument("--models", default="storage/models", help="body models in the standard layout")
+    evaluation.add_argument("--predictions", help="a training run's predictions.parquet")
+    evaluation.add_argument("--truth", help="ground-truth Parquet (default: DATASET_DIR/truth/ground_truth.parquet)")
+    evaluation.add_argument("--dataset", default="synth", help="dataset name of the shards' samples")
+    evaluation.add_argument("--out", default="storage/reports/eval", help="folder for evaluation.json and .md")
+    evaluation.set_defaults(run=_eval)
+
+    dashboard = commands.add_parser("dashboard", help="write the label-quality HTML page of a label table")
+    dashboard.add_argument("--table", default="storage/labels/synth", help="label table URI")
+    dashboard.add_argument(
+        "--dataset-dir", default="storage/datasets/synth", help='shards (gallery) and truth/; "" for none'
+    )
+    dashboard.add_argument("--models", default="storage/models", help="body models in the standard layout")
+    dashboard.add_argument("--truth", help="ground-truth Parquet (default: DATASET_DIR/truth/ground_truth.parquet)")
+    dashboard.add_argument("--dataset", default="synth", help="dataset name of the shards' samples")
+    dashboard.add_argument("--gallery-size", type=int, default=8, help="worst labels shown per dataset")
+    dashboard.add_argument("--out", default="storage/reports/label_dashboard.html", help="the page to write")
+    dashboard.set_defaults(run=_dashboard)
 
     demo = commands.add_parser("demo", help="load the models, pose bodies, write meshes and renders")
     demo.add_argument("--models", default="storage/models")

@@ -350,11 +350,20 @@ def to_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _without_nan(value: Any) -> Any:
+    """NaN (a split with no visible keypoint, say) as null: strict JSON readers reject NaN."""
+    if isinstance(value, dict):
+        return {k: _without_nan(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_nan(v) for v in value]
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
 def write_report(report: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
     """evaluation.json and evaluation.md under `out_dir`."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out / "evaluation.json", out / "evaluation.md"
-    json_path.write_text(json.dumps(report, indent=2, allow_nan=True))
+    json_path.write_text(json.dumps(_without_nan(report), indent=2, allow_nan=False))
     md_path.write_text(to_markdown(report))
     return json_path, md_path
