@@ -19,7 +19,7 @@ export PREFECT_HOME ?= $(CURDIR)/storage/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
 
-.PHONY: setup test demo bodies bench lint models convert server serve clean
+.PHONY: setup test demo bodies bench lint models convert dashboard server serve clean
 
 setup: $(STAMP)
 
@@ -48,6 +48,11 @@ bodies: models
 convert: setup
 	$(BIN)/python -m flows.convert --dataset-dir $(DATASET_DIR) --table $(TABLE) --models $(MODELS)
 
+# The label-quality page of the demo's table (storage/reports/label_dashboard.html, open it in a browser)
+# and its Prefect artifacts; the flow's defaults are the demo's paths, so it takes no argument.
+dashboard: setup
+	$(BIN)/python -m flows.dashboard
+
 # A Prefect server with its UI at http://127.0.0.1:$(PREFECT_PORT) (SQLite under PREFECT_HOME), and
 # in another shell the deployments of every flow, served by one process against it.
 server: setup
@@ -65,4 +70,4 @@ lint: setup
 	$(BIN)/ruff format --check .
 
 clean:
-	rm -rf $(VENV) storage/models storage/bench storage/demo storage/datasets/synth storage/labels/synth storage/prefect
+	rm -rf $(VENV) storage/models storage/bench storage/demo storage/datasets/synth storage/labels/synth storage/prefect storage/reports

@@ -4,6 +4,7 @@
     make serve    # another: this module, with PREFECT_API_URL=http://127.0.0.1:4200/api
     prefect deployment run convert-smpl-to-skel/local \\
         -p dataset_dir=storage/datasets/synth -p table_uri=storage/labels/synth
+    prefect deployment run label-dashboard/local    # the demo's table; -p table_uri=... for another
 
 Flow runs execute in subprocesses started from this process's working directory, so relative paths
 in parameters are relative to where `make serve` runs (the repository root).
@@ -14,11 +15,12 @@ from __future__ import annotations
 from prefect import Flow, serve
 
 from flows.convert import convert_smpl_to_skel
+from flows.dashboard import label_dashboard
 
 DEPLOYMENT_NAME = "local"
 
 # Each pipeline step joins this list as its flow lands.
-FLOWS: list[Flow] = [convert_smpl_to_skel]
+FLOWS: list[Flow] = [convert_smpl_to_skel, label_dashboard]
 
 
 def deployments():

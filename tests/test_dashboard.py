@@ -23,6 +23,7 @@ from PIL import Image
 from hsmr_data import dashboard as D
 from hsmr_data import evaluate as E
 from hsmr_data import label_table
+from hsmr_data.cli import main
 from hsmr_data.synthetic.world import SynthConfig, generate_dataset
 from tests.conftest import truth_label_rows
 
@@ -143,6 +144,14 @@ def test_page_is_self_contained(page):
     assert text.count('src="data:image/jpeg;base64,') == 4
 
 
+def test_cli_writes_a_page_without_the_dataset(world, tmp_path, capsys):
+    out = tmp_path / "page.html"
+    assert main(["dashboard", "--table", world["table"], "--dataset-dir", "", "--out", str(out)]) == 0
+    assert "| synth | 0 | 6 | 4 (66.7%) |" in capsys.readouterr().out
+    text = out.read_text()
+    assert 'id="hist-synth-max_abs_beta"' in text and "No images" in text and 'id="truth-synth"' not in text
+
+
 class _ChartParser(HTMLParser):
     """Bars (chart id, round, height), lines (chart id, d) and gallery images of a DOM."""
 
@@ -215,3 +224,41 @@ def test_chromium_renders_charts_of_both_rounds_and_a_readable_screenshot(page, 
     colours = np.unique(image.reshape(-1, 3), axis=0)
     assert len(colours) > 200  # text, bars in several colours and photos, not a blank page
     assert image.std() > 20
+
+
+@pytest.fixture(scope="module")
+def prefect_api(tmp_path_factory):
+    """A temporary Prefect API with its home in a temp dir (see tests/test_convert_flow.py)."""
+    from prefect.settings import PREFECT_HOME, PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    home = tmp_path_factory.mktemp("prefect-home")
+    with temporary_settings(updates={PREFECT_HOME: str(home), PREFECT_SERVER_ANALYTICS_ENABLED: False}):
+        with prefect_test_harness(server_startup_timeout=120):
+            yield
+
+
+@pytest.mark.slow
+def test_flow_writes_the_page_and_its_artifacts(prefect_api, world, models_root, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from flows.dashboard import artifact_key, label_dashboard
+
+    out = tmp_path / "page.html"
+    state = label_dashboard(world["table"], world["dataset_dir"], models_root, str(out), 2, return_state=True)
+    assert state.is_completed(), state
+    result = state.result()
+    assert result["page"] == str(out.resolve()) and result["rounds"] == [0, 1]
+    assert 'id="hist-synth-pve_max"' in out.read_text()
+
+    key = artifact_key(world["table"])
+    assert key == "label-dashboard-labels"
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key, f"{key}-rounds"]))
+        )
+    by_key = {a.key: a for a in artifacts}
+    assert set(by_key) == {key, f"{key}-rounds"}
+    assert "| synth | 1 | 6 | 6 (100.0%) |" in by_key[key].data
+    assert str(out.resolve()) in by_key[key].data

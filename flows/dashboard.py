@@ -1,0 +1,85 @@
+"""The `label-dashboard` flow: the label-quality page of a label table, and its numbers as artifacts.
+
+Thin wiring around `hsmr_data.dashboard`: write the self-contained HTML page (open it in any browser,
+no server needed), then a table artifact (one row per dataset and round) and a markdown artifact with
+the same numbers and where the page is. Defaults are the demo's storage paths, so
+
+    make dashboard                 # = python -m flows.dashboard
+    python -m flows.dashboard --table URI --dataset-dir DIR --out PAGE.html
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from hsmr_data.dashboard import DashboardConfig, summary_markdown, write_dashboard
+
+FLOW_NAME = "label-dashboard"
+DEFAULT_TABLE = "storage/labels/synth"
+DEFAULT_DATASET_DIR = "storage/datasets/synth"
+DEFAULT_MODELS = "storage/models"
+DEFAULT_OUT = "storage/reports/label_dashboard.html"
+
+
+@flow(name=FLOW_NAME, persist_result=False)
+def label_dashboard(
+    table_uri: str = DEFAULT_TABLE,
+    dataset_dir: str | None = DEFAULT_DATASET_DIR,
+    models_root: str = DEFAULT_MODELS,
+    out_path: str = DEFAULT_OUT,
+    gallery_size: int = 8,
+) -> dict[str, Any]:
+    """Write the dashboard of `table_uri` to `out_path`; `dataset_dir` (shards, truth) adds the gallery and
+    the error against the truth, None leaves them out. Returns the page's path and the summary."""
+    config = DashboardConfig(table_uri, dataset_dir or None, models_root, gallery_size=gallery_size)
+    page, summary = write_dashboard(config, out_path)
+    get_run_logger().info("label dashboard of %s: %s", table_uri, page.resolve())
+    publish(summary, page)
+    return {"page": str(page.resolve()), **summary}
+
+
+def publish(summary: dict[str, Any], page: Path) -> None:
+    """A table artifact (a row per dataset and round) and a markdown one, keyed by the table's name."""
+    key = artifact_key(summary["table_uri"])
+    rows = [
+        {"dataset": dataset, "round": k, **stats, **data["replacements"].get(k, {})}
+        for dataset, data in summary["datasets"].items()
+        for k, stats in data["rounds"].items()
+    ]
+    create_table_artifact(rows, key=f"{key}-rounds", description=f"label quality per round of {summary['table_uri']}")
+    markdown = summary_markdown(summary) + f"\nThe page (open it in a browser): `{page.resolve()}`\n"
+    create_markdown_artifact(markdown, key=key, description="label-quality dashboard")
+
+
+def artifact_key(table_uri: str) -> str:
+    """Artifact keys allow lowercase letters, digits and dashes only."""
+    name = Path(table_uri.rstrip("/")).name
+    return re.sub(r"[^a-z0-9-]+", "-", f"label-dashboard-{name}".lower()).strip("-")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m flows.dashboard", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--table", default=DEFAULT_TABLE, help="label table URI")
+    parser.add_argument("--dataset-dir", default=DEFAULT_DATASET_DIR, help='shards and truth; "" for none')
+    parser.add_argument("--models", default=DEFAULT_MODELS, help="body models in the standard layout")
+    parser.add_argument("--out", default=DEFAULT_OUT, help="the HTML page to write")
+    parser.add_argument("--gallery-size", type=int, default=8)
+    args = parser.parse_args(argv)
+    result = label_dashboard(args.table, args.dataset_dir or None, args.models, args.out, args.gallery_size)
+    print(json.dumps({"page": result["page"], "rounds": result["rounds"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    from flows.settings import local_prefect_settings
+
+    with local_prefect_settings():
+        sys.exit(main())
