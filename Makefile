@@ -64,6 +64,7 @@ serve: setup
 bench: models
 	$(BIN)/python bench/bench_body_models.py --models $(MODELS) --out storage/bench/body_models.json
 	$(BIN)/python bench/bench_synth.py --models $(MODELS) --out storage/bench/synth.json
+	$(BIN)/python bench/bench_convert.py --models $(MODELS) --out storage/bench/convert.json
 
 lint: setup
 	$(BIN)/ruff check .
