@@ -45,6 +45,7 @@ from hsmr_data.synthetic.world import CROP_SIZE, crop_image, draw_keypoints
 from hsmr_data.truth_report import label_errors
 from hsmr_model import camera
 from hsmr_model import metrics as M
+from hsmr_model import skel_constants as C
 from hsmr_model.model_files import BodyModelPaths, read_keypoint_regressor
 from hsmr_model.regressor import VertexRegressor
 from hsmr_model.skel_layer import SKELLayer
@@ -160,7 +161,7 @@ def replacement_stats(previous: pa.Table, current: pa.Table) -> dict[str, Any]:
 
 def violation_stats(labels: pa.Table) -> dict[str, dict[str, float]]:
     """Table 4 shares of the labels' poses: part → {tolerance: share with violation > 0}."""
-    q = np.asarray(labels.column("q").combine_chunks().flatten().to_numpy(), np.float64).reshape(-1, 46)
+    q = np.asarray(labels.column("q").combine_chunks().flatten().to_numpy(), np.float64).reshape(-1, C.NUM_DOFS)
     shares = M.violation_shares(lambda t: M.skel_violations(q, t))
     return {part: {f"{t:g}": share for t, share in by_tol.items()} for part, by_tol in shares.items()}
 
@@ -197,6 +198,10 @@ def _fmt(value: float) -> str:
     if not math.isfinite(value):
         return "–"
     return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+
+
+def _percent(share: float) -> str:
+    return f"{100 * share:.1f}%" if math.isfinite(share) else "–"  # NaN: a round without labels of a dataset
 
 
 def _colour(round_: int) -> str:
@@ -427,7 +432,7 @@ def _stats_table(summary: dict[str, Any]) -> str:
         r = summary["replacements"].get(k, {})
         t = (summary.get("truth") or {}).get(k) or {}
         cells = [
-            k, s["samples"], s["passed"], f"{100 * s['share_passed']:.1f}%",
+            k, s["samples"], s["passed"], _percent(s["share_passed"]),
             s["rejected_pve_max"], s["rejected_betas"], s["rejected_keypoints"],
             _fmt(s["median_pve_max"]), _fmt(s["median_kp2d_err"]),
             r.get("replaced", "–"), r.get("inserted", "–"), _fmt(r.get("kp2d_err_improvement_median", math.nan)),
@@ -442,7 +447,7 @@ def _violation_table(summary: dict[str, Any]) -> str:
     head = "<tr><th>round</th><th>part</th>" + "".join(f"<th>&gt;{t}°</th>" for t in tolerances) + "</tr>"
     rows = [
         f"<tr><td>{k}</td><td>{part.replace('_', ' ')}</td>"
-        + "".join(f"<td>{100 * shares[t]:.1f}%</td>" for t in tolerances)
+        + "".join(f"<td>{_percent(shares[t])}</td>" for t in tolerances)
         + "</tr>"
         for k, by_part in summary["violations"].items()
         for part, shares in by_part.items()
@@ -603,7 +608,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             rep = s["replacements"].get(k, {})
             truth = (s.get("truth") or {}).get(k) or {}
             cells = [
-                dataset, k, r["samples"], f"{r['passed']} ({100 * r['share_passed']:.1f}%)",
+                dataset, k, r["samples"], f"{r['passed']} ({_percent(r['share_passed'])})",
                 r["rejected_pve_max"], r["rejected_betas"], r["rejected_keypoints"],
                 _fmt(r["median_pve_max"]), _fmt(r["median_kp2d_err"]), rep.get("replaced", "–"),
                 _fmt(rep.get("kp2d_err_improvement_median", math.nan)), _fmt(truth.get("joint_error_mm", math.nan)),
