@@ -9,9 +9,9 @@ T-pose, root-centred on the SMPL pelvis joint.
 
 Rigging: joints are placed at anatomical landmarks; every joint and keypoint regressor row is a
 non-negative, sum-to-one weighting of nearby skin vertices that reproduces its point exactly in
-the rest pose (so joints follow the shape blend shapes, as SMPL's do). Skinning weights come
+the rest pose (so joints follow the shape blend shapes, as SMPL's do). SKEL's skinning weights come
 from the nearest bone segment, diffused over the mesh so joints blend, with at most four
-influences per vertex.
+influences per vertex; SMPL's move each vertex with the SMPL joint of its SKEL bones.
 
 Shape directions (`SHAPE_DIRECTION_NAMES`, roughly one adult standard deviation per unit β):
 0 height (about +7 cm), 1 girth (radial inflation around the bones, stronger on the torso),
@@ -207,10 +207,13 @@ def design_points(p: Proportions) -> dict[str, np.ndarray]:
     })  # fmt: skip
 
 
+# SMPL joints that turn the same body part as a SKEL bone sit at that bone's joint, so that the two
+# models move the skin alike (real SKEL was built on SMPL's skin); the others (spine3, neck, feet,
+# hands) keep SMPL-style landmarks.
 SMPL_JOINT_POINTS = (
-    "pelvis", "hip_l", "hip_r", "spine1", "knee_l", "knee_r", "spine2", "ankle_l", "ankle_r", "spine3",
-    "foot_l", "foot_r", "neck", "collar_l", "collar_r", "head", "shoulder_l", "shoulder_r",
-    "elbow_l", "elbow_r", "wrist_l", "wrist_r", "hand_l", "hand_r",
+    "skel_pelvis", "skel_hip_l", "skel_hip_r", "lumbar", "skel_knee_l", "skel_knee_r", "thorax",
+    "skel_ankle_l", "skel_ankle_r", "spine3", "foot_l", "foot_r", "neck", "scapula_l", "scapula_r", "skel_head",
+    "humerus_l", "humerus_r", "ulna_l", "ulna_r", "skel_hand_l", "skel_hand_r", "hand_l", "hand_r",
 )  # fmt: skip
 SKEL_JOINT_POINTS = (
     "skel_pelvis", "skel_hip_r", "skel_knee_r", "skel_ankle_r", "subtalar_r", "mtp_r",
@@ -316,14 +319,16 @@ SKEL_SEGMENTS = (  # bone: (from, to) landmark names
     ("radius_r", "skel_hand_r"), ("skel_hand_r", "finger_tip_r"), ("scapula_l", "humerus_l"),
     ("humerus_l", "ulna_l"), ("ulna_l", "radius_l"), ("radius_l", "skel_hand_l"), ("skel_hand_l", "finger_tip_l"),
 )  # fmt: skip
-SMPL_SEGMENTS = (
-    ("pelvis", "spine1"), ("hip_l", "knee_l"), ("hip_r", "knee_r"), ("spine1", "spine2"), ("knee_l", "ankle_l"),
-    ("knee_r", "ankle_r"), ("spine2", "spine3"), ("ankle_l", "foot_l"), ("ankle_r", "foot_r"), ("spine3", "neck"),
-    ("foot_l", "toe_tip_l"), ("foot_r", "toe_tip_r"), ("neck", "head"), ("collar_l", "shoulder_l"),
-    ("collar_r", "shoulder_r"), ("head", "head_top"), ("shoulder_l", "elbow_l"), ("shoulder_r", "elbow_r"),
-    ("elbow_l", "wrist_l"), ("elbow_r", "wrist_r"), ("wrist_l", "hand_l"), ("wrist_r", "hand_r"),
-    ("hand_l", "finger_tip_l"), ("hand_r", "finger_tip_r"),
-)  # fmt: skip
+# SKEL bone → the SMPL joint whose rotation moves the same skin (the radius turns with the elbow).
+SMPL_JOINT_OF_BONE = tuple({17: 19, 22: 18}.get(bone, joint) for bone, joint in enumerate(C.SKEL_TO_SMPL_JOINT))
+
+
+def smpl_weights_from_skel(skel_weights: np.ndarray) -> np.ndarray:
+    """SMPL skinning weights (V, 24) that move each vertex with the SMPL joint of its SKEL bones."""
+    weights = np.zeros_like(skel_weights)
+    for bone, joint in enumerate(SMPL_JOINT_OF_BONE):
+        weights[:, joint] += skel_weights[:, bone]
+    return weights
 
 
 def segment_distances(vertices: np.ndarray, starts: np.ndarray, ends: np.ndarray):
@@ -436,7 +441,7 @@ PART_NAMES = C.BONE_NAMES  # each vertex belongs to the SKEL bone it hangs on
 
 
 def _keypoint_rows(vertices: np.ndarray, points: dict[str, np.ndarray], smpl_rows: np.ndarray) -> np.ndarray:
-    smpl = {name: smpl_rows[i] for i, name in enumerate(SMPL_JOINT_POINTS)}
+    smpl = {name: smpl_rows[i] for i, name in enumerate(C.SMPL_JOINT_NAMES)}
     head = vertices[:, 1] > points["neck"][1] + 0.05
     nose = np.zeros(len(vertices))
     nose[np.flatnonzero(head)[np.argmax(vertices[head, 2])]] = 1.0
@@ -446,14 +451,14 @@ def _keypoint_rows(vertices: np.ndarray, points: dict[str, np.ndarray], smpl_row
     inner = {name: regressor_row(vertices, points[name]) for name in (
         "neck_lsp", "thorax_mpii", "spine_h36m", "jaw_h36m", "head_h36m")}  # fmt: skip
     rows = [
-        nose, smpl["neck"], smpl["shoulder_r"], smpl["elbow_r"], smpl["wrist_r"], smpl["shoulder_l"],
-        smpl["elbow_l"], smpl["wrist_l"], smpl["pelvis"], smpl["hip_r"], smpl["knee_r"], smpl["ankle_r"],
-        smpl["hip_l"], smpl["knee_l"], smpl["ankle_l"], surface["eye_r"], surface["eye_l"], surface["ear_r"],
+        nose, smpl["neck"], smpl["right_shoulder"], smpl["right_elbow"], smpl["right_wrist"], smpl["left_shoulder"],
+        smpl["left_elbow"], smpl["left_wrist"], smpl["pelvis"], smpl["right_hip"], smpl["right_knee"], smpl["right_ankle"],
+        smpl["left_hip"], smpl["left_knee"], smpl["left_ankle"], surface["eye_r"], surface["eye_l"], surface["ear_r"],
         surface["ear_l"], surface["big_toe_l"], surface["small_toe_l"], surface["heel_l"], surface["big_toe_r"],
         surface["small_toe_r"], surface["heel_r"],
-        smpl["ankle_r"], smpl["knee_r"], smpl["hip_r"], smpl["hip_l"], smpl["knee_l"], smpl["ankle_l"],
-        smpl["wrist_r"], smpl["elbow_r"], smpl["shoulder_r"], smpl["shoulder_l"], smpl["elbow_l"], smpl["wrist_l"],
-        inner["neck_lsp"], surface["top"], (smpl["hip_r"] + smpl["hip_l"]) / 2, inner["thorax_mpii"],
+        smpl["right_ankle"], smpl["right_knee"], smpl["right_hip"], smpl["left_hip"], smpl["left_knee"], smpl["left_ankle"],
+        smpl["right_wrist"], smpl["right_elbow"], smpl["right_shoulder"], smpl["left_shoulder"], smpl["left_elbow"], smpl["left_wrist"],
+        inner["neck_lsp"], surface["top"], (smpl["right_hip"] + smpl["left_hip"]) / 2, inner["thorax_mpii"],
         inner["spine_h36m"], inner["jaw_h36m"], inner["head_h36m"],
     ]  # fmt: skip
     return np.stack(rows)
@@ -484,14 +489,15 @@ def build_humanoid(sex: Literal["neutral", "male", "female"] = "neutral", seed: 
     part = distance.argmin(1)
     skel_closest = closest[np.arange(len(vertices)), part]
     normals = vertex_normals(vertices, faces)
+    skel_weights = skinning_weights(vertices, faces, skel_starts, skel_ends)
     rng = np.random.default_rng(seed)
     return Humanoid(
         vertices=vertices,
         faces=faces,
         smpl_joints=smpl_joints,
         skel_joints=skel_joints,
-        smpl_weights=skinning_weights(vertices, faces, *segments(SMPL_SEGMENTS)),
-        skel_weights=skinning_weights(vertices, faces, skel_starts, skel_ends),
+        smpl_weights=smpl_weights_from_skel(skel_weights),
+        skel_weights=skel_weights,
         smpl_joint_regressor=sp.csr_matrix(smpl_rows),
         skel_joint_regressor=sp.csr_matrix(skel_rows),
         keypoint_regressor=sp.csr_matrix(_keypoint_rows(vertices, points, smpl_rows)),
