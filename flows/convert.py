@@ -115,7 +115,7 @@ def convert_smpl_to_skel(
     shards = conversion.list_chunks(config.dataset_dir)
     label_table.create_or_open(config.table_uri)  # once, before the tasks race to create it
     converter = Converter(config)  # the body models, loaded once and shared by every task
-    logger.info("%d chunks from %s into %s on %s", len(shards), config.dataset_dir, config.table_uri, converter.device)
+    logger.info("%s → %s on %s, chunks: %d", config.dataset_dir, config.table_uri, converter.device, len(shards))
 
     progress = create_progress_artifact(0.0, description=f"chunks of {config.dataset_dir} converted")
     futures = {convert_chunk.submit(converter, shard): shard for shard in shards}

@@ -144,6 +144,36 @@ def test_duckdb_reads_the_table_without_project_code(first_run, flow_parameters)
     assert len(ids) == passed and all(sample_id.startswith("synth-") for (sample_id,) in ids)
 
 
+@pytest.mark.slow
+def test_failing_chunk_is_retried_then_fails_the_run_and_a_rerun_completes_the_table(
+    prefect_api, flow_parameters, monkeypatch, tmp_path
+):
+    parameters = {**flow_parameters, "table_uri": str(tmp_path / "labels")}
+    broken = conversion.list_chunks(parameters["dataset_dir"])[1]
+    attempts = []
+    real_convert_chunk = conversion.convert_chunk
+
+    def convert_chunk_failing_on_one_shard(converter, shard):
+        if shard == broken:
+            attempts.append(shard)
+            raise OSError("disk went away")
+        return real_convert_chunk(converter, shard)
+
+    monkeypatch.setattr(conversion, "convert_chunk", convert_chunk_failing_on_one_shard)
+    state = convert_smpl_to_skel(**parameters, return_state=True)
+
+    assert state.is_failed()
+    assert len(attempts) == 3  # the first try and two retries
+    with pytest.raises(RuntimeError, match=f"synth/{broken.stem}"):
+        state.result()
+    assert label_table.read_labels(parameters["table_uri"]).num_rows == PEOPLE - PER_SHARD
+
+    monkeypatch.setattr(conversion, "convert_chunk", real_convert_chunk)
+    report = convert_smpl_to_skel(**parameters)
+    assert report["chunks"] == {"committed": 1, "skipped": PEOPLE // PER_SHARD - 1, "empty": 0, "failed": 0}
+    assert label_table.read_labels(parameters["table_uri"]).num_rows == PEOPLE
+
+
 def test_dask_runner_without_prefect_dask_names_the_package_to_install():
     if importlib.util.find_spec("prefect_dask") is not None:
         pytest.skip("prefect-dask is installed here")
