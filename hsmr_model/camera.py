@@ -66,10 +66,16 @@ def fit_translation(
     rows = torch.stack([torch.stack([f, zero, -x], -1), torch.stack([zero, f, -y], -1)], dim=2)  # (B, K, 2, 3)
     rhs = torch.stack([x * big_z - f * big_x, y * big_z - f * big_y], dim=2)  # (B, K, 2)
     prior = torch.tensor([0.0, 0.0, DEFAULT_DEPTH], dtype=points.dtype, device=points.device)
-    trans = _weighted_solve(rows, rhs, conf, prior, prior_weight * focal**2)
+    linear = _in_front(_weighted_solve(rows, rhs, conf, prior, prior_weight * focal**2), points)
+    # The algebraic solution weights each keypoint by its depth and can land next to the body when
+    # the keypoints disagree with it; the weak-perspective guess cannot. Start from the better one.
+    guesses = torch.stack([linear, _in_front(_weak_perspective_guess(points, keypoints, focal), points)])
+    errors = torch.stack([_weighted_residual(points, guess, keypoints, focal) for guess in guesses])
+    error, best = errors.min(0)
+    trans = guesses[best, torch.arange(len(best))]
     for _ in range(iterations):
         moved = points + trans[:, None]
-        depth = moved[..., 2].clamp_min(1e-6)
+        depth = moved[..., 2]
         residual = torch.stack([focal * moved[..., 0] / depth - x, focal * moved[..., 1] / depth - y], dim=2)
         inv = f / depth
         jacobian = torch.stack(
@@ -80,8 +86,42 @@ def fit_translation(
             dim=2,
         )
         step = _weighted_solve(jacobian, -residual, conf, trans.new_zeros(3), prior_weight)
-        trans = trans + step
+        candidate = _in_front(trans + step, points)
+        candidate_error = _weighted_residual(points, candidate, keypoints, focal)
+        # A Gauss-Newton step can overshoot on a label that fits badly: keep only steps that help.
+        better = candidate_error < error
+        trans = torch.where(better[:, None], candidate, trans)
+        error = torch.where(better, candidate_error, error)
     return trans.to(dtype)
+
+
+def _weak_perspective_guess(points: torch.Tensor, keypoints: torch.Tensor, focal: float) -> torch.Tensor:
+    """Depth from the ratio of 3D to 2D spread about the confidence-weighted centroids, x and y from
+    the centroids: (B, 3). Falls back to DEFAULT_DEPTH where the keypoints have no spread."""
+    conf = keypoints[..., 2].clamp_min(0)
+    total = conf.sum(-1, keepdim=True).clamp_min(1e-12)
+    centre_3d = (conf[..., None] * points).sum(1) / total
+    centre_2d = (conf[..., None] * keypoints[..., :2]).sum(1) / total
+
+    def spread(values: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
+        return ((conf * ((values - centre[:, None]) ** 2).sum(-1)).sum(-1) / total[:, 0]).sqrt()
+
+    spread_3d, spread_2d = spread(points[..., :2], centre_3d[:, :2]), spread(keypoints[..., :2], centre_2d)
+    depth = torch.where(spread_2d > 1e-9, focal * spread_3d / spread_2d.clamp_min(1e-9), DEFAULT_DEPTH)
+    xy = centre_2d * depth[:, None] / focal - centre_3d[:, :2]
+    return torch.cat([xy, (depth - centre_3d[:, 2])[:, None]], dim=-1)
+
+
+def _in_front(trans: torch.Tensor, points: torch.Tensor, margin: float = 0.1) -> torch.Tensor:
+    """Push a translation back until every point is at least `margin` in front of the camera."""
+    nearest = (points[..., 2] + trans[:, None, 2]).min(-1).values
+    return trans + torch.stack([torch.zeros_like(nearest)] * 2 + [(margin - nearest).clamp_min(0)], dim=-1)
+
+
+def _weighted_residual(points, trans, keypoints, focal) -> torch.Tensor:
+    """Σ c·‖π(X + t) − x‖² per sample: (B,)."""
+    squared = ((project(points, trans, focal) - keypoints[..., :2]) ** 2).sum(-1)
+    return (keypoints[..., 2].clamp_min(0) * squared).sum(-1)
 
 
 def _weighted_solve(rows, rhs, weights, prior, prior_weight) -> torch.Tensor:

@@ -48,3 +48,18 @@ def test_crop_coordinates_put_the_box_edges_at_half():
     keypoints = torch.tensor([[[100.0, 50.0, 0.7], [300.0, 250.0, 1.0]]])
     crop = to_crop_coordinates(keypoints, torch.tensor([[200.0, 150.0]]), torch.tensor([200.0]))
     assert torch.allclose(crop, torch.tensor([[[-0.5, -0.5, 0.7], [0.5, 0.5, 1.0]]]))
+
+
+def test_a_label_that_fits_badly_stays_in_front_of_the_camera_and_never_gets_worse():
+    generator = torch.Generator().manual_seed(2)
+    points = _body_points(16, generator)
+    # Keypoints of a different, mirrored and shrunken body: no translation explains them.
+    other = -0.3 * _body_points(16, generator)
+    keypoints = torch.cat([project(other, torch.tensor([[0.0, 0.0, 40.0]] * 16, dtype=torch.float64)),
+                           torch.rand(16, 44, 1, generator=generator, dtype=torch.float64)], dim=-1)  # fmt: skip
+    fitted = fit_translation(points, keypoints)
+    assert ((points[..., 2] + fitted[:, None, 2]) >= 0.1 - 1e-9).all()
+    start = fit_translation(points, keypoints, iterations=0)
+    error = reprojection_error(project(points, fitted), keypoints)
+    assert (error <= reprojection_error(project(points, start), keypoints) + 1e-12).all()
+    assert error.max() < 1.0  # normalised units: the crop is 1 wide
