@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from collections import Counter
 from pathlib import Path
@@ -31,6 +30,7 @@ from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 from tqdm import tqdm
 
+from flows.settings import artifact_key
 from hsmr_data import conversion, label_table
 from hsmr_data.conversion import ChunkOutcome, ConvertConfig, Converter
 from hsmr_data.filters import FilterConfig
@@ -163,7 +163,7 @@ def publish_summary(config: ConvertConfig, report: dict[str, Any]) -> None:
     rows = [
         {"measure": rule_names.get(name, name.replace("_", " ")), "value": value} for name, value in summary.items()
     ]
-    key = artifact_key(config.dataset)
+    key = artifact_key("convert", config.dataset)
     create_table_artifact(rows, key=f"{key}-label-quality", description=f"label quality of {config.table_uri}")
 
     chunks = ", ".join(f"{count} {status}" for status, count in report["chunks"].items() if count)
@@ -180,11 +180,6 @@ def publish_summary(config: ConvertConfig, report: dict[str, Any]) -> None:
         f"Read it without project code: `deltalake.DeltaTable('{config.table_uri}').to_pandas()`.",
     ]
     create_markdown_artifact("\n".join(lines), key=f"{key}-conversion", description="conversion summary")
-
-
-def artifact_key(dataset: str) -> str:
-    """Artifact keys allow lowercase letters, digits and dashes only."""
-    return re.sub(r"[^a-z0-9-]+", "-", f"convert-{dataset}".lower()).strip("-")
 
 
 def build_task_runner(

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from flows.settings import artifact_key
 from hsmr_data.dashboard import DashboardConfig, summary_markdown, write_dashboard
 
 FLOW_NAME = "label-dashboard"
@@ -48,7 +48,7 @@ def label_dashboard(
 
 def publish(summary: dict[str, Any], page: Path) -> None:
     """A table artifact (a row per dataset and round) and a markdown one, keyed by the table's name."""
-    key = artifact_key(summary["table_uri"])
+    key = artifact_key("label-dashboard", summary["table_uri"])
     rows = [
         {"dataset": dataset, "round": k, **stats, **data["replacements"].get(k, {})}
         for dataset, data in summary["datasets"].items()
@@ -57,12 +57,6 @@ def publish(summary: dict[str, Any], page: Path) -> None:
     create_table_artifact(rows, key=f"{key}-rounds", description=f"label quality per round of {summary['table_uri']}")
     markdown = summary_markdown(summary) + f"\nThe page (open it in a browser): `{page.resolve()}`\n"
     create_markdown_artifact(markdown, key=key, description="label-quality dashboard")
-
-
-def artifact_key(table_uri: str) -> str:
-    """Artifact keys allow lowercase letters, digits and dashes only."""
-    name = Path(table_uri.rstrip("/")).name
-    return re.sub(r"[^a-z0-9-]+", "-", f"label-dashboard-{name}".lower()).strip("-")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,7 @@ ephemeral API server). Why each one:
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -52,3 +53,10 @@ def local_prefect_settings() -> Iterator[dict[str, str]]:
     finally:
         for name in applied:
             os.environ.pop(name, None)
+
+
+def artifact_key(*parts: str) -> str:
+    """A Prefect artifact key from names and paths (their last component): keys allow lowercase letters,
+    digits and dashes only."""
+    words = [Path(str(part).rstrip("/")).name for part in parts]
+    return re.sub(r"[^a-z0-9-]+", "-", "-".join(words).lower()).strip("-")

@@ -252,7 +252,7 @@ def test_flow_writes_the_page_and_its_artifacts(prefect_api, world, models_root,
     assert result["page"] == str(out.resolve()) and result["rounds"] == [0, 1]
     assert 'id="hist-synth-pve_max"' in out.read_text()
 
-    key = artifact_key(world["table"])
+    key = artifact_key("label-dashboard", world["table"])
     assert key == "label-dashboard-labels"
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(
