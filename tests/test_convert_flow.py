@@ -22,19 +22,6 @@ from hsmr_data.synthetic.world import SynthConfig, generate_dataset
 PEOPLE, PER_SHARD = 4, 1
 
 
-@pytest.fixture(scope="session")
-def prefect_api(tmp_path_factory):
-    """One temporary Prefect API for the session, its home (and so any result storage) in a temp dir:
-    the harness alone keeps ~/.prefect, where a later session would find earlier results."""
-    from prefect.settings import PREFECT_HOME, PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
-    from prefect.testing.utilities import prefect_test_harness
-
-    home = tmp_path_factory.mktemp("prefect-home")
-    with temporary_settings(updates={PREFECT_HOME: str(home), PREFECT_SERVER_ANALYTICS_ENABLED: False}):
-        with prefect_test_harness(server_startup_timeout=120):
-            yield
-
-
 def synthetic_dataset(model_paths, tmp_path_factory) -> Path:
     """The tiny synthetic dataset, made once per session: rendering people is the costly part."""
     out = tmp_path_factory.getbasetemp() / f"synth-{PEOPLE}x{PER_SHARD}"

@@ -226,18 +226,6 @@ def test_chromium_renders_charts_of_both_rounds_and_a_readable_screenshot(page, 
     assert image.std() > 20
 
 
-@pytest.fixture(scope="module")
-def prefect_api(tmp_path_factory):
-    """A temporary Prefect API with its home in a temp dir (see tests/test_convert_flow.py)."""
-    from prefect.settings import PREFECT_HOME, PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
-    from prefect.testing.utilities import prefect_test_harness
-
-    home = tmp_path_factory.mktemp("prefect-home")
-    with temporary_settings(updates={PREFECT_HOME: str(home), PREFECT_SERVER_ANALYTICS_ENABLED: False}):
-        with prefect_test_harness(server_startup_timeout=120):
-            yield
-
-
 @pytest.mark.slow
 def test_flow_writes_the_page_and_its_artifacts(prefect_api, world, models_root, tmp_path):
     from prefect.client.orchestration import get_client

@@ -29,13 +29,20 @@ from tests.conftest import truth_label_rows
 
 
 @pytest.fixture(scope="module")
-def index(model_paths, tmp_path_factory) -> str:
+def labelled(model_paths, tmp_path_factory) -> tuple[str, Path]:
+    """A tiny synthetic dataset and a label table holding its true labels: (table URI, dataset folder)."""
     root = tmp_path_factory.mktemp("train")
     generate_dataset(model_paths, root / "synth", SynthConfig(count=8, batch_size=8, shard_maxcount=4))
     truth = {row["sample_id"]: row for row in pq.read_table(root / "synth/truth/ground_truth.parquet").to_pylist()}
     uri = str(root / "labels")
     lt.commit_chunk(uri, lt.validate_rows(truth_label_rows(truth, sorted(truth), "all")), "all")
-    return export.export_shards(uri, {"synth": str(root / "synth")}, root / "shards", maxcount=3).index
+    return uri, root / "synth"
+
+
+@pytest.fixture(scope="module")
+def index(labelled, tmp_path_factory) -> str:
+    uri, dataset_dir = labelled
+    return export.export_shards(uri, {"synth": str(dataset_dir)}, tmp_path_factory.mktemp("shards"), maxcount=3).index
 
 
 def _config(index, model_paths, out_dir, **overrides) -> TrainConfig:
@@ -162,3 +169,21 @@ def test_killed_training_resumes_to_the_same_parameters(index, model_paths, tmp_
     assert resumed.resumed_from == killed_at and resumed.step == 8
     straight, after = _parameters(tmp_path / "straight" / CHECKPOINT), _parameters(out / CHECKPOINT)
     assert all(torch.equal(straight[name], after[name]) for name in straight)
+
+
+@pytest.mark.slow
+def test_export_and_train_flows(prefect_api, labelled, model_paths, tmp_path):
+    from flows.export import export_shards
+    from flows.train import latest_index, train_hsmr
+
+    uri, dataset_dir = labelled
+    report = export_shards(uri, {"synth": str(dataset_dir)}, str(tmp_path / "shards"), maxcount=3)
+    assert report["index"] == latest_index(tmp_path / "shards")
+    assert report["counts"]["synth"]["exported"] == 8
+    models = str(model_paths.smpl.parent.parent)
+    result = train_hsmr(
+        [report["index"]], str(tmp_path / "run"), models_root=models, steps=3, batch_size=2, checkpoint_every=3
+    )
+    assert result["step"] == 3 and Path(result["checkpoint"]).is_file()
+    with pytest.raises(FileNotFoundError, match="export-shards"):
+        latest_index(tmp_path / "nothing")

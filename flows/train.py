@@ -1,0 +1,122 @@
+"""The `train-hsmr` flow: train the HSMR network on exported shards, resuming from the last checkpoint.
+
+Thin wiring around `hsmr_data.training.Trainer`: a progress artifact as steps go by, the loss curve
+and throughput as a table artifact at the end. A run started again on the same out_dir continues
+from its checkpoint (the Trainer's own resume), so retries and restarts never start over.
+
+    python -m flows.train                        # the demo's export, a tiny network on the CPU
+    python -m flows.train --index storage/shards/v1/index.json --out storage/runs/tiny --steps 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+
+from flows.settings import artifact_key
+from hsmr_data.training import TrainConfig, Trainer
+
+FLOW_NAME = "train-hsmr"
+DEFAULT_SHARDS = "storage/shards"
+DEFAULT_OUT = "storage/runs/hsmr-tiny"
+
+
+def latest_index(shards_dir: str | Path = DEFAULT_SHARDS) -> str:
+    """The index.json of the newest export (highest label version) under `shards_dir`."""
+    indexes = sorted(Path(shards_dir).glob("v*/index.json"), key=lambda path: int(path.parent.name[1:]))
+    if not indexes:
+        raise FileNotFoundError(f"no export under {shards_dir} (expected v<version>/index.json): run export-shards")
+    return str(indexes[-1])
+
+
+@flow(name=FLOW_NAME, persist_result=False)
+def train_hsmr(
+    indexes: list[str] | None = None,
+    out_dir: str = DEFAULT_OUT,
+    weights: list[float] | None = None,
+    models_root: str = "storage/models",
+    size: str = "tiny",
+    pose_target: str = "88d",
+    steps: int = 300,
+    batch_size: int = 16,
+    lr: float = 1e-4,
+    checkpoint_every: int = 100,
+    device: str = "auto",
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Train on the datasets of `indexes` (default: the latest export) mixed by `weights`."""
+    config = TrainConfig(
+        indexes=tuple(indexes or [latest_index()]),
+        out_dir=out_dir,
+        weights=tuple(weights) if weights else None,
+        models_root=models_root,
+        size=size,
+        pose_target=pose_target,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        checkpoint_every=checkpoint_every,
+        device=device,
+        seed=seed,
+    )
+    logger = get_run_logger()
+    trainer = Trainer(config)
+    logger.info("training a %s network on %s for %d steps, device %s", size, config.indexes, steps, trainer.device)
+    progress = create_progress_artifact(0.0, description=f"{FLOW_NAME} steps done of {steps}")
+    curve: list[dict] = []
+
+    def on_log(record: dict) -> None:
+        curve.append(record)
+        update_progress_artifact(progress, 100.0 * record["step"] / steps)
+        logger.info("step %d loss %.4f (%.1f images/s)", record["step"], record["loss"], record["images_per_s"])
+
+    result = trainer.run(on_log=on_log)
+    rows = [{k: round(v, 5) if isinstance(v, float) else v for k, v in record.items()} for record in curve]
+    if rows:
+        create_table_artifact(rows, key=artifact_key("train", out_dir), description=f"losses of {out_dir}")
+    return json.loads(json.dumps(asdict(result)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m flows.train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--index", action="append", help="index.json of an export (repeatable; default: latest)")
+    parser.add_argument("--weight", action="append", type=float, help="mixing weight per --index")
+    parser.add_argument("--out", default=DEFAULT_OUT, help="run folder: checkpoint, metrics, predictions")
+    parser.add_argument("--models", default="storage/models")
+    parser.add_argument("--size", default="tiny", choices=("tiny", "B", "H"))
+    parser.add_argument("--pose-target", default="88d", choices=("88d", "euler"))
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--checkpoint-every", type=int, default=100)
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args(argv)
+    report = train_hsmr(
+        indexes=args.index,
+        out_dir=args.out,
+        weights=args.weight,
+        models_root=args.models,
+        size=args.size,
+        pose_target=args.pose_target,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        checkpoint_every=args.checkpoint_every,
+        device=args.device,
+    )
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    from flows.settings import local_prefect_settings
+
+    with local_prefect_settings():
+        sys.exit(main())
