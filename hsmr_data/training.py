@@ -197,8 +197,16 @@ class Trainer:
                 "keypoints_2d": keypoints_2d[i].astype(np.float64).ravel().tolist(),
             }
 
-    def run(self, on_log: Callable[[dict], None] | None = None, stop_after: int | None = None) -> TrainResult:
-        """Train until config.steps (or `stop_after` more steps), checkpointing every checkpoint_every."""
+    def run(
+        self,
+        on_log: Callable[[dict], None] | None = None,
+        stop_after: int | None = None,
+        on_step: Callable[[Trainer, int], None] | None = None,
+    ) -> TrainResult:
+        """Train until config.steps (or `stop_after` more steps), checkpointing every checkpoint_every.
+
+        `on_step(trainer, step)` runs after each step and its checkpoint (e.g. `refine.RefineCallback`).
+        """
         resumed_from = self.resume()
         end = self.config.steps if stop_after is None else min(self.config.steps, self.step + stop_after)
         loader = torch.utils.data.DataLoader(
@@ -223,6 +231,8 @@ class Trainer:
                     on_log(record)
             if self.step % self.config.checkpoint_every == 0 or self.step == end:
                 self.save()
+            if on_step is not None:
+                on_step(self, self.step)
         elapsed = time.perf_counter() - started
         return TrainResult(
             step=self.step,
