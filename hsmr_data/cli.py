@@ -12,6 +12,9 @@ hsmr eval --dataset-dir DIR --table URI [--predictions P] [--out storage/reports
                                             synthetic world's truth: the paper's Tables 1-4 as JSON + markdown
 hsmr dashboard --table URI [--dataset-dir DIR] [--out storage/reports/label_dashboard.html]
                                             the label-quality page (no Prefect; the label-dashboard flow's steps)
+hsmr refine [--predictions RUN/predictions.parquet] [--table URI] [--dataset-dir DIR] [--round K] [--latest M]
+                                            one SKELify refinement round of the label table (no Prefect; the
+                                            same steps as the refine-round flow)
 hsmr demo --models storage/models --out storage/demo
 """
 
@@ -138,6 +141,30 @@ def _dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def _refine(args: argparse.Namespace) -> int:
+    from hsmr_data import refine
+    from hsmr_model.skelify import REFINER_STAGES, SkelifyConfig
+
+    stages = (replace(REFINER_STAGES[0], steps=args.steps),)
+    config = refine.RefineConfig(
+        table_uri=args.table,
+        dataset_dirs={args.dataset: args.dataset_dir},
+        models_root=args.models,
+        latest=args.latest,
+        max_abs_beta=args.max_abs_beta,
+        keep_passing=args.keep_passing,
+        skelify=SkelifyConfig(stages, max_iter=args.max_iter, batch_size=args.batch_size, device=args.device),
+    )
+    if not Path(args.predictions).is_file():
+        print(
+            f"error: no predictions at {args.predictions}: a training run writes predictions.parquet", file=sys.stderr
+        )
+        return 2
+    result = refine.refine_round(refine.Refiner(config), refine.read_predictions(args.predictions), args.round)
+    print(json.dumps(asdict(result), indent=2))
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from hsmr_data.demo import run_demo
 
@@ -204,6 +231,27 @@ def build_parser() -> argparse.ArgumentParser:
     dashboard.add_argument("--gallery-size", type=int, default=8, help="worst labels shown per dataset")
     dashboard.add_argument("--out", default="storage/reports/label_dashboard.html", help="the page to write")
     dashboard.set_defaults(run=_dashboard)
+
+    refine = commands.add_parser("refine", help="one SKELify refinement round on a training run's predictions")
+    refine.add_argument("--predictions", default="storage/runs/hsmr-tiny/predictions.parquet")
+    refine.add_argument("--table", default="storage/labels/synth", help="label table URI")
+    refine.add_argument("--dataset-dir", default="storage/datasets/synth", help="the source dataset (shards/*.tar)")
+    refine.add_argument("--dataset", default="synth", help="the dataset name in the predictions and the table")
+    refine.add_argument("--models", default="storage/models", help="body models in the standard layout")
+    refine.add_argument("--device", default="auto", help='"auto" (CUDA when present), "cpu", "cuda:1", ...')
+    refine.add_argument("--batch-size", type=int, default=256, help="samples per LBFGS problem")
+    refine.add_argument("--latest", type=int, default=18_000, help="refine the latest M predictions")
+    refine.add_argument("--max-abs-beta", type=float, default=2.0, help="replace only labels with max|beta| below")
+    refine.add_argument(
+        "--keep-passing",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="never replace a label that passes the filters by one that fails them",
+    )
+    refine.add_argument("--steps", type=int, default=10, help="LBFGS steps of the refiner (the paper's 10)")
+    refine.add_argument("--max-iter", type=int, default=20, help="iterations per LBFGS step (torch's default 20)")
+    refine.add_argument("--round", type=int, help="the round to commit (default: the next one)")
+    refine.set_defaults(run=_refine)
 
     demo = commands.add_parser("demo", help="load the models, pose bodies, write meshes and renders")
     demo.add_argument("--models", default="storage/models")
