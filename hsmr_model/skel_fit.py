@@ -41,7 +41,6 @@ from hsmr_model.rotations import (
     axis_angle_to_matrix,
     matrix_to_euler,
     rotation_about_axis,
-    rotation_between_vectors,
     skew,
 )
 from hsmr_model.skel_layer import (
@@ -79,8 +78,8 @@ class SmplParams:
 class SkelFitConfig:
     """Weights and schedule of the fit. Losses are in cm²; the weights multiply them."""
 
-    iterations: int = 20  # at most this many Levenberg–Marquardt evaluations per sample
-    tolerance: float = 1e-4  # done when an accepted step lowers the loss by less than this (relative)
+    iterations: int = 12  # at most this many Levenberg–Marquardt evaluations per sample
+    tolerance: float = 1e-3  # done when an accepted step lowers the loss by less than this (relative)
     subset_size: int = 128  # vertices the optimisation sees (farthest-point spread); the PVE uses all
     joint_weight: float = 1.0
     pose_weight: float = 1e-3  # per rad² of q[3:]
@@ -327,6 +326,11 @@ def subtree_matrix(parents: tuple[int, ...]) -> torch.Tensor:
     return d
 
 
+def homogeneous(points: torch.Tensor) -> torch.Tensor:
+    """(..., 3) → (..., 4) with a trailing 1."""
+    return torch.cat([points, torch.ones_like(points[..., :1])], dim=-1)
+
+
 def blend_skin(
     points: torch.Tensor, weights: torch.Tensor, world_r: torch.Tensor, world_t: torch.Tensor, rest_joints: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -340,7 +344,7 @@ def blend_skin(
     bind_t = world_t - (world_r @ rest_joints[..., None])[..., 0]
     transforms = torch.cat([world_r, bind_t[..., None]], dim=-1).flatten(2)  # (B, J, 12)
     blended = torch.matmul(weights, transforms).unflatten(-1, (3, 4))  # (B, N, 3, 4)
-    return (blended[..., :3] * points[:, :, None, :]).sum(-1) + blended[..., 3], blended[..., :3]
+    return torch.einsum("bnxy,bny->bnx", blended, homogeneous(points)), blended[..., :3]
 
 
 @dataclass(frozen=True)
@@ -468,26 +472,23 @@ def _rest_bone_vectors(offsets: torch.Tensor, parents: tuple[int, ...]) -> torch
     return body
 
 
-def minimal_rotation_derivative(source: torch.Tensor, target: torch.Tensor, d_target: torch.Tensor) -> torch.Tensor:
-    """Derivative of `rotation_between_vectors(source, target)` along d_target (source fixed).
-
-    With R = I + [v]× + [v]×²/(1 + c), v = â × b̂, c = â·b̂ (Rodrigues' minimal rotation).
+def minimal_rotation_rate(source: torch.Tensor, target: torch.Tensor, d_target: torch.Tensor) -> torch.Tensor:
+    """Angular velocity ω (dR·Rᵀ = [ω]×) of `rotation_between_vectors(source, target)` as the target
+    moves along d_target: ω = b̂ × db̂ − ((â × b̂)·db̂ / (1 + â·b̂))·b̂, db̂ = (I − b̂b̂ᵀ)·d/|b|.
 
     Args:
         source, target: (..., 3); d_target: (..., 3, K), K directions.
     Returns:
-        (..., K, 3, 3).
+        (..., K, 3).
     """
     a = source / source.norm(dim=-1, keepdim=True)
     length = target.norm(dim=-1, keepdim=True)
     b = target / length
     d_b = (d_target - b[..., None] * (b[..., None] * d_target).sum(-2, keepdim=True)) / length[..., None]
     d_b = d_b.transpose(-1, -2)  # (..., K, 3)
-    k = skew(torch.linalg.cross(a, b, dim=-1))[..., None, :, :]
-    d_k = skew(torch.linalg.cross(a[..., None, :].expand_as(d_b), d_b, dim=-1))
-    one_c = (1 + (a * b).sum(-1))[..., None, None, None]
-    d_c = (a[..., None, :] * d_b).sum(-1)[..., None, None]
-    return d_k + (d_k @ k + k @ d_k) / one_c - (k @ k) * d_c / one_c**2
+    b = b[..., None, :].expand_as(d_b)
+    twist = (torch.linalg.cross(a, b[..., 0, :], dim=-1)[..., None, :] * d_b).sum(-1, keepdim=True)
+    return torch.linalg.cross(b, d_b, dim=-1) - twist / (1 + (a * b[..., 0, :]).sum(-1))[..., None, None] * b
 
 
 def pose_translation_shape_jacobian(
@@ -524,11 +525,12 @@ def skeleton_shape_jacobian(skel: SKELLayer, body: PosedBody) -> tuple[torch.Ten
     """∂/∂β of every bone's world rotation and posed joint, holding q.
 
     β moves the rest joints (linearly) and turns the rest frames Rk01 = Gk·per_joint_rot, with
-    Gk the minimal rotation onto the shaped bone; a frame turning at angular rate A = dGk·Gkᵀ
-    changes the local rotation L = F·Rp·Fᵀ by A·L − L·A, i.e. the world rotations below it by
-    Ω = W_parent·A·W_parentᵀ − W·A·Wᵀ. Summed over ancestors (no loop over the tree):
-    dW_b = (Σ_a Ω_a)·W_b and dP_b = Σ_a (Ω-sum of a's parent)·(P_a − P_parent) + W_parent·dt_a,
-    with dt the change of the local translations (offsets, scapula and spine translation sizes).
+    Gk the minimal rotation onto the shaped bone; a frame turning at angular velocity ω (in the
+    parent's frame) changes the local rotation L = F·Rp·Fᵀ by [ω]×·L − L·[ω]×, i.e. turns
+    everything below it by σ = (W_parent − W)·ω in the world. Summed over ancestors (no loop over
+    the tree): dW_b = [Σ_a σ_a]×·W_b and dP_b = Σ_a (σ-sum of a's parent) × (P_a − P_parent) +
+    W_parent·dt_a, with dt the change of the local translations (offsets and the sizes of the
+    scapula and spine translations).
 
     Returns:
         world_r derivatives (B, 10, 24, 3, 3), joint derivatives (B, 10, 24, 3).
@@ -538,27 +540,23 @@ def skeleton_shape_jacobian(skel: SKELLayer, body: PosedBody) -> tuple[torch.Ten
     d_offsets = local_offsets(skel.joint_shapedirs.permute(2, 0, 1), parents).permute(1, 2, 0)  # (24, 3, 10)
     model = torch.einsum("jab,jb->ja", skel.per_joint_rot, _rest_bone_vectors(skel.apose_offsets[None], parents)[0])
     shaped = _rest_bone_vectors(offsets, parents)
-    model = model.expand_as(shaped)
-    gk = rotation_between_vectors(model, shaped)
     d_shaped = _rest_bone_vectors(d_offsets[None], parents).expand(offsets.shape[0], -1, -1, -1)
-    d_gk = minimal_rotation_derivative(model, shaped, d_shaped)  # (B, 24, 10, 3, 3)
-    d_gk[:, list(C.FIXED_ORIENTATION_BONES)] = 0.0
-    rate = (d_gk @ gk[:, :, None].transpose(-1, -2)).transpose(1, 2)  # (B, 10, 24, 3, 3)
-    parent_world = parent_rotations(body.world_r, parents)[:, None]
-    world = body.world_r[:, None]
-    spin = parent_world @ rate @ parent_world.transpose(-1, -2) - world @ rate @ world.transpose(-1, -2)
+    rate = minimal_rotation_rate(model.expand_as(shaped), shaped, d_shaped)  # (B, 24, 10, 3)
+    rate[:, list(C.FIXED_ORIENTATION_BONES)] = 0.0
+    parent_world = parent_rotations(body.world_r, parents)
+    spin = ((parent_world - body.world_r)[:, :, None] @ rate[..., None])[..., 0].transpose(1, 2)  # (B, 10, 24, 3)
     ancestors = subtree_matrix(parents).to(spin)  # [a, b]: a is an ancestor of b (or b)
-    spin_sum = torch.einsum("ab,nkaxy->nkbxy", ancestors, spin)
+    spin_sum = torch.einsum("ab,nkax->nkbx", ancestors, spin)
     d_translations = d_offsets.permute(2, 0, 1) + pose_translation_shape_jacobian(
         body.rest_joints, skel.joint_shapedirs, body.translations - offsets
     )  # (B, 10, 24, 3)
     joints = body.joints - body.joints[:, :1] + body.rest_joints[:, :1]
     parent_joints = torch.cat([torch.zeros_like(joints[:, :1]), joints], dim=1)[:, [p + 1 for p in parents]]
     parent_spin_sum = torch.cat([torch.zeros_like(spin_sum[:, :, :1]), spin_sum], dim=2)[:, :, [p + 1 for p in parents]]
-    step = (parent_spin_sum @ (joints - parent_joints)[:, None, :, :, None])[..., 0]
-    step = step + (parent_world @ d_translations[..., None])[..., 0]
+    step = torch.linalg.cross(parent_spin_sum, (joints - parent_joints)[:, None].expand_as(parent_spin_sum), dim=-1)
+    step = step + (parent_world[:, None] @ d_translations[..., None])[..., 0]
     d_joints = torch.einsum("ab,nkax->nkbx", ancestors, step)
-    return spin_sum @ world, d_joints
+    return skew(spin_sum) @ body.world_r[:, None], d_joints
 
 
 def skin_shape_jacobian(
@@ -579,9 +577,8 @@ def skin_shape_jacobian(
     moved = moved + torch.einsum("bjxy,jyk->bkjx", body.world_r, joint_shapedirs)
     transforms = torch.cat([d_rotation, (d_joints - moved)[..., None]], dim=-1).flatten(-2)  # (B, 10, 24, 12)
     blended = torch.matmul(part.weights, transforms).unflatten(-1, (3, 4))  # (B, 10, N, 3, 4)
-    turned = (blended[..., :3] * body.points[:, None, :, None, :]).sum(-1) + blended[..., 3]
-    shaped = torch.einsum("bnxy,nyk->bknx", body.skin_rotation, part.shapedirs)
-    return (turned + shaped).transpose(-1, -2)
+    turned = torch.einsum("bknxy,bny->bkxn", blended, homogeneous(body.points))
+    return turned + torch.einsum("bnxy,nyk->bkxn", body.skin_rotation, part.shapedirs)
 
 
 def points_jacobian(
@@ -604,12 +601,13 @@ def points_jacobian(
         (B, 59, 3, N).
     """
     batch, count = points.shape[:2]
-    turned = (skew(omega).flatten(1, 2) @ points.transpose(1, 2)).unflatten(1, (C.NUM_DOFS, 3))  # (B, 46, 3, N)
-    fixed = pivot_motion - torch.linalg.cross(omega, pivots, dim=-1)
-    pose_part = (turned + fixed[..., None]) * influence[:, list(_DOF_BONE)].T[None, :, None, :]
-    eye = torch.eye(3, dtype=points.dtype, device=points.device)
-    trans_part = eye[:, :, None].expand(batch, 3, 3, count)
-    return torch.cat([pose_part, shape_part, trans_part], dim=1)
+    jacobian = points.new_empty(batch, NUM_PARAMS, 3, count)
+    affine = torch.cat([skew(omega), (pivot_motion - torch.linalg.cross(omega, pivots, dim=-1))[..., None]], dim=-1)
+    turned = (affine.flatten(1, 2) @ homogeneous(points).transpose(1, 2)).unflatten(1, (C.NUM_DOFS, 3))
+    torch.mul(turned, influence[:, list(_DOF_BONE)].T[None, :, None, :], out=jacobian[:, : C.NUM_DOFS])
+    jacobian[:, C.NUM_DOFS : C.NUM_DOFS + C.NUM_BETAS] = shape_part
+    jacobian[:, C.NUM_DOFS + C.NUM_BETAS :] = torch.eye(3, dtype=points.dtype, device=points.device)[:, :, None]
+    return jacobian
 
 
 def residual_jacobians(skel: SKELLayer, part: SkinPart, body: PosedBody, q: torch.Tensor):
@@ -799,11 +797,11 @@ BYTES_PER_SAMPLE_CUDA = 8 << 20  # generous: Jacobians on the subset and the ful
 
 
 def batch_size_for(config: SkelFitConfig, device: torch.device) -> int:
-    """`config.batch_size`, else 256 on the CPU and what half the free memory holds on CUDA (64 to 8192)."""
+    """`config.batch_size`, else 512 on the CPU and what half the free memory holds on CUDA (64 to 8192)."""
     if config.batch_size is not None:
         return config.batch_size
     if device.type != "cuda":
-        return 256
+        return 512
     free, _ = torch.cuda.mem_get_info(device)
     return int(min(max(free // 2 // BYTES_PER_SAMPLE_CUDA, 64), 8192))
 

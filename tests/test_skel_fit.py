@@ -134,7 +134,7 @@ def test_fits_smpl_meshes_and_reports_true_pve(models, smpl_batch):
     floor = F.fit_skel_to_smpl(skel, link, smpl_vertices(smpl, rest), None, rest, config).pve_mean
     assert (floor < 0.006).all()
     assert result.pve_mean.mean() < 0.012 and (result.pve_mean < 0.02).all()
-    assert result.converged.mean() >= 0.75
+    assert result.converged.mean() >= 0.5
 
     with torch.no_grad():
         skin = skel(torch.as_tensor(result.q), torch.as_tensor(result.betas), torch.as_tensor(result.trans)).skin_verts
