@@ -1,6 +1,7 @@
-"""Batched SMPL → SKEL fitting: a closed-form initialisation from the SMPL pose, then LBFGS.
+"""Batched SMPL → SKEL fitting: a closed-form initialisation from the SMPL pose, then a few
+Levenberg–Marquardt steps per sample.
 
-Targets per sample: the posed SMPL vertices (B, 6890, 3) and, optionally, the anatomical joints
+Targets per sample: the posed SMPL vertices (B, 6890, 3) and the anatomical joints
 J_regressor_osim·vertices (B, 24, 3). Unknowns: q (B, 46), β (B, 10), translation (B, 3).
 
 Initialisation. Both models skin the same T-pose mesh topology by linear blend skinning, and at
@@ -8,20 +9,25 @@ q = 0 every SKEL bone's world rotation is the identity, as every SMPL joint's is
 A vertex follows the world rotation of the bones it is weighted to, so each SKEL bone should
 turn the way the SMPL joints that skin the same vertices turn: its target world rotation is
 the chordal mean of the SMPL world rotations weighted by the overlap of the two models' skin
-weights. Going down the SKEL tree level by level, the local rotation a bone needs under its
-parent's *actual* (already projected) world rotation is undone to the joint rotation Rp
-(local R = F·Rp·Fᵀ, F = Rk01·Raᵀ) and projected onto the bone's DoFs: Euler angles through the
-88-D target for 3-DoF bones, the best angle about the axis for 1-DoF bones, two Euler angles
-for the wrists; then clipped into the joint limits. What a bone cannot represent (a twist at
-the elbow) is passed on to its children. β comes from SMPL's β through the least-squares map
-between the two shape spaces, the translation from the mean vertex offset.
+weights. Going down the SKEL tree, the local rotation a bone needs under its parent's *actual*
+(already projected) world rotation is undone to the joint rotation Rp (local R = F·Rp·Fᵀ,
+F = Rk01·Raᵀ) and projected onto the bone's DoFs: Euler angles by the 88-D target's conventions
+for 3-DoF bones, the best angle about the axis for 1-DoF bones, two Euler angles for the
+wrists; then clipped into the joint limits. What a bone cannot represent (a twist at the elbow)
+is passed on to its children. β comes from SMPL's β through the least-squares map between the
+two shape spaces, the translation from aligning the pelvis joint. On the synthetic models this
+lands at ~3.4 cm mean vertex error, which the optimisation takes to ~1 cm.
 
-Optimisation. LBFGS (strong Wolfe) on the loss summed over the batch, so B samples share
-every forward pass: first on a well-spread subset of the vertices, then a few iterations on the
-whole mesh. Loss per sample (cm², so that float32 LBFGS tolerances mean something): mean
-squared vertex distance + mean squared anatomical-joint distance + a quadratic penalty outside
-the joint limits + small pose and shape regularisers. The returned q is clamped into the limits
-and the PVE figures are those of the returned parameters.
+Optimisation. Levenberg–Marquardt on a well-spread subset of the vertices (128 by default) plus
+the 24 joints, per sample (own damping, own acceptance, own stopping) but batched: every
+evaluation is one forward and backward pass for all samples still running. The gradient is
+exact (autograd); the Gauss–Newton curvature comes from analytic Jacobians (exact for the
+joints; for the skin, blended vertices are turned as a whole about each joint and the pose
+correctives' derivatives are left out), so a few steps suffice. Loss per sample, in cm²:
+mean squared vertex distance + mean squared anatomical-joint distance + small pose and shape
+priors. The joint limits are hard bounds (projected steps, DoFs at a bound held while the
+gradient pushes outward). The PVE figures are measured on the whole mesh for the returned
+parameters.
 """
 
 from __future__ import annotations
@@ -67,7 +73,7 @@ class SmplParams:
     betas: torch.Tensor  # (B, 10)
     transl: torch.Tensor  # (B, 3)
 
-    def __getitem__(self, index: slice) -> SmplParams:
+    def __getitem__(self, index: slice | torch.Tensor) -> SmplParams:
         return SmplParams(*(getattr(self, f.name)[index] for f in fields(self)))
 
     def to(self, device: torch.device, dtype: torch.dtype = torch.float32) -> SmplParams:
@@ -100,7 +106,7 @@ class SkelFitResult:
     pve_max: np.ndarray  # (N,) max over the vertices of that distance, metres
     iterations: np.ndarray  # (N,) Levenberg–Marquardt evaluations after the initial one
     seconds: np.ndarray  # (N,) the sample's share of its batch's wall time
-    converged: np.ndarray  # (N,) bool
+    converged: np.ndarray  # (N,) bool: the tolerance was met within `iterations`
 
     @classmethod
     def concatenate(cls, parts: list[SkelFitResult]) -> SkelFitResult:
@@ -108,7 +114,7 @@ class SkelFitResult:
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """ "auto" → CUDA when available, else the CPU."""
+    """The torch device for `device`, where "auto" means CUDA when available, else the CPU."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
