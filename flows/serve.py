@@ -17,13 +17,14 @@ from prefect import Flow, serve
 from flows.convert import convert_smpl_to_skel
 from flows.dashboard import label_dashboard
 from flows.export import export_shards
+from flows.pipeline import pipeline
 from flows.refine import refine_round_flow
 from flows.train import train_hsmr
 
 DEPLOYMENT_NAME = "local"
 
 # Each pipeline step joins this list as its flow lands.
-FLOWS: list[Flow] = [convert_smpl_to_skel, export_shards, train_hsmr, refine_round_flow, label_dashboard]
+FLOWS: list[Flow] = [convert_smpl_to_skel, export_shards, train_hsmr, refine_round_flow, label_dashboard, pipeline]
 
 
 def deployments():

@@ -20,7 +20,9 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 
+from flows.refine import refine_config
 from flows.settings import artifact_key
+from hsmr_data.refine import RefineCallback, Refiner
 from hsmr_data.training import TrainConfig, Trainer
 
 FLOW_NAME = "train-hsmr"
@@ -50,8 +52,17 @@ def train_hsmr(
     checkpoint_every: int = 100,
     device: str = "auto",
     seed: int = 0,
+    refine_every: int = 0,
+    refine_warmup: int = 5000,
+    refine_latest: int = 18_000,
+    table_uri: str = "storage/labels/synth",
+    dataset_dir: str = "storage/datasets/synth",
 ) -> dict[str, Any]:
-    """Train on the datasets of `indexes` (default: the latest export) mixed by `weights`."""
+    """Train on the datasets of `indexes` (default: the latest export) mixed by `weights`.
+
+    With `refine_every` > 0, SKELify refines the labels of `table_uri` inside training (HSMR: after
+    5000 steps, every 230 steps, on the latest 18,000 predictions) and training reads the new labels.
+    """
     config = TrainConfig(
         indexes=tuple(indexes or [latest_index()]),
         out_dir=out_dir,
@@ -77,11 +88,21 @@ def train_hsmr(
         update_progress_artifact(progress, 100.0 * record["step"] / steps)
         logger.info("step %d loss %.4f (%.1f images/s)", record["step"], record["loss"], record["images_per_s"])
 
-    result = trainer.run(on_log=on_log)
+    refinement = None
+    if refine_every > 0:
+        refiner = Refiner(
+            refine_config(table_uri, dataset_dir, models_root=models_root, device=device, latest=refine_latest)
+        )
+        refinement = RefineCallback(trainer, refiner, warmup=refine_warmup, every=refine_every)
+    result = trainer.run(on_log=on_log, on_step=refinement)
     rows = [{k: round(v, 5) if isinstance(v, float) else v for k, v in record.items()} for record in curve]
     if rows:
         create_table_artifact(rows, key=artifact_key("train", out_dir), description=f"losses of {out_dir}")
-    return json.loads(json.dumps(asdict(result)))
+    rounds = [
+        {"round": r.round, "status": r.status, "stats": r.stats_path}
+        for r in (refinement.results if refinement else [])
+    ]
+    return json.loads(json.dumps({**asdict(result), "refinement_rounds": rounds}))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -49,22 +49,12 @@ def _synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ensure_models(root: Path) -> BodyModelPaths:
-    """The models under `root`; the synthetic stand-ins are written there first if it holds none."""
-    paths = BodyModelPaths.from_root(root)
-    if not any(p.exists() for p in asdict(paths).values()):
-        from hsmr_data.synthetic.body_models import write_synthetic_models
-
-        print(f"no body models under {root}: writing the synthetic stand-ins there", file=sys.stderr)
-        write_synthetic_models(root)
-    return paths
-
-
 def _data_synth(args: argparse.Namespace) -> int:
+    from hsmr_data.synthetic.body_models import ensure_synthetic_models
     from hsmr_data.synthetic.world import SynthConfig, generate_dataset
 
     config = SynthConfig(count=args.n, seed=args.seed, hard_fraction=args.hard_fraction, dataset=args.dataset)
-    summary = generate_dataset(_ensure_models(Path(args.models)), Path(args.out), config)
+    summary = generate_dataset(ensure_synthetic_models(args.models), Path(args.out), config)
     print(json.dumps(asdict(summary), indent=2))
     return 0
 

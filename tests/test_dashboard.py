@@ -25,7 +25,7 @@ from hsmr_data import evaluate as E
 from hsmr_data import label_table
 from hsmr_data.cli import main
 from hsmr_data.synthetic.world import SynthConfig, generate_dataset
-from tests.conftest import truth_label_rows
+from hsmr_data.truth_report import truth_label_rows
 
 PEOPLE = 6
 SPOILT = {0: "knee", 1: "betas", 2: "pve"}  # row index → what round 0 gets wrong

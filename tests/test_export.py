@@ -26,9 +26,9 @@ from hsmr_data import label_table as lt
 from hsmr_data.hmr2_format import read_shards, write_shards
 from hsmr_data.quarantine import Quarantine
 from hsmr_data.synthetic.world import SynthConfig, generate_dataset
+from hsmr_data.truth_report import truth_label_rows
 from hsmr_model import flip
 from hsmr_model.pose_repr import q_to_target88
-from tests.conftest import truth_label_rows
 
 IDS = [f"synth-{i:07d}_0" for i in range(6)]
 GHOST = "synth-9999999_0"

@@ -24,8 +24,8 @@ from hsmr_data import label_table as lt
 from hsmr_data.synthetic.world import SynthConfig, generate_dataset
 from hsmr_data.train_data import AugmentConfig, MixedSampler, ShardDataset, augment_sample, unaugment_q
 from hsmr_data.training import CHECKPOINT, TrainConfig, Trainer
+from hsmr_data.truth_report import truth_label_rows
 from hsmr_model.pose_repr import bone_rotations
-from tests.conftest import truth_label_rows
 
 
 @pytest.fixture(scope="module")

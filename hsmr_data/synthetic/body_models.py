@@ -287,3 +287,12 @@ def write_synthetic_models(out_dir: Path | str, seed: int = 0) -> BodyModelPaths
         rng = np.random.default_rng([seed, 1 if sex == "male" else 2])
         write_pickle(skel_model_dict(build_humanoid(sex, seed=seed), rng), paths.skel(sex))
     return paths
+
+
+def ensure_synthetic_models(root: Path | str) -> BodyModelPaths:
+    """The models under `root`; the synthetic stand-ins are written there first if it holds none of them."""
+    paths = BodyModelPaths.from_root(root)
+    if not any(Path(path).exists() for path in (paths.smpl, paths.skel_male, paths.skel_female)):
+        print(f"no body models under {root}: writing the synthetic stand-ins there", file=sys.stderr)
+        write_synthetic_models(root)
+    return paths

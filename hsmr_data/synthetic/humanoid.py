@@ -451,13 +451,14 @@ def _keypoint_rows(vertices: np.ndarray, points: dict[str, np.ndarray], smpl_row
     inner = {name: regressor_row(vertices, points[name]) for name in (
         "neck_lsp", "thorax_mpii", "spine_h36m", "jaw_h36m", "head_h36m")}  # fmt: skip
     rows = [
-        nose, smpl["neck"], smpl["right_shoulder"], smpl["right_elbow"], smpl["right_wrist"], smpl["left_shoulder"],
-        smpl["left_elbow"], smpl["left_wrist"], smpl["pelvis"], smpl["right_hip"], smpl["right_knee"], smpl["right_ankle"],
-        smpl["left_hip"], smpl["left_knee"], smpl["left_ankle"], surface["eye_r"], surface["eye_l"], surface["ear_r"],
-        surface["ear_l"], surface["big_toe_l"], surface["small_toe_l"], surface["heel_l"], surface["big_toe_r"],
-        surface["small_toe_r"], surface["heel_r"],
-        smpl["right_ankle"], smpl["right_knee"], smpl["right_hip"], smpl["left_hip"], smpl["left_knee"], smpl["left_ankle"],
-        smpl["right_wrist"], smpl["right_elbow"], smpl["right_shoulder"], smpl["left_shoulder"], smpl["left_elbow"], smpl["left_wrist"],
+        nose, smpl["neck"], smpl["right_shoulder"], smpl["right_elbow"], smpl["right_wrist"],
+        smpl["left_shoulder"], smpl["left_elbow"], smpl["left_wrist"], smpl["pelvis"], smpl["right_hip"],
+        smpl["right_knee"], smpl["right_ankle"], smpl["left_hip"], smpl["left_knee"], smpl["left_ankle"],
+        surface["eye_r"], surface["eye_l"], surface["ear_r"], surface["ear_l"], surface["big_toe_l"],
+        surface["small_toe_l"], surface["heel_l"], surface["big_toe_r"], surface["small_toe_r"], surface["heel_r"],
+        smpl["right_ankle"], smpl["right_knee"], smpl["right_hip"], smpl["left_hip"], smpl["left_knee"],
+        smpl["left_ankle"], smpl["right_wrist"], smpl["right_elbow"], smpl["right_shoulder"], smpl["left_shoulder"],
+        smpl["left_elbow"], smpl["left_wrist"],
         inner["neck_lsp"], surface["top"], (smpl["right_hip"] + smpl["left_hip"]) / 2, inner["thorax_mpii"],
         inner["spine_h36m"], inner["jaw_h36m"], inner["head_h36m"],
     ]  # fmt: skip
