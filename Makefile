@@ -10,6 +10,8 @@ MODELS := storage/models
 SYNTH_N ?= 256
 DATASET_DIR ?= storage/datasets/synth
 TABLE ?= storage/labels/synth
+# The training run whose latest checkpoint's predictions `make refine-round` refines (train-hsmr's default).
+RUN_DIR ?= storage/runs/hsmr-tiny
 PREFECT_PORT ?= 4200
 
 # Prefect on this machine (see flows/settings.py): its database and results under storage/, no
@@ -19,7 +21,7 @@ export PREFECT_HOME ?= $(CURDIR)/storage/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
 
-.PHONY: setup test demo bodies bench lint models convert dashboard server serve clean
+.PHONY: setup test demo bodies bench lint models convert dashboard refine-round server serve clean
 
 setup: $(STAMP)
 
@@ -53,6 +55,13 @@ convert: setup
 dashboard: setup
 	$(BIN)/python -m flows.dashboard
 
+# One SKELify refinement round (the refine-round flow, the paper's 10-step refiner) of the demo's table on the
+# predictions the training run in RUN_DIR wrote at its latest checkpoint; the round's statistics go next to
+# the table ($(TABLE)-rounds/). A rerun on the same predictions is recognised as done.
+refine-round: setup
+	$(BIN)/python -m flows.refine --predictions $(RUN_DIR)/predictions.parquet --table $(TABLE) \
+		--dataset-dir $(DATASET_DIR) --models $(MODELS)
+
 # A Prefect server with its UI at http://127.0.0.1:$(PREFECT_PORT) (SQLite under PREFECT_HOME), and
 # in another shell the deployments of every flow, served by one process against it.
 server: setup
@@ -65,6 +74,7 @@ bench: models
 	$(BIN)/python bench/bench_body_models.py --models $(MODELS) --out storage/bench/body_models.json
 	$(BIN)/python bench/bench_synth.py --models $(MODELS) --out storage/bench/synth.json
 	$(BIN)/python bench/bench_convert.py --models $(MODELS) --out storage/bench/convert.json
+	$(BIN)/python bench/bench_skelify.py --models $(MODELS) --out storage/bench/skelify.json --threads 1
 
 lint: setup
 	$(BIN)/ruff check .
