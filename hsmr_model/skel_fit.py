@@ -312,6 +312,7 @@ class SkinPart:
 
     @classmethod
     def of(cls, skel: SKELLayer, vertex_ids: torch.Tensor | None = None) -> SkinPart:
+        """The layer's skin arrays at `vertex_ids` (all vertices when None)."""
         template, shapedirs, posedirs, weights = skel.skin_template, skel.shapedirs, skel.posedirs, skel.skin_weights
         if vertex_ids is not None:
             ids = vertex_ids.to(template.device)
@@ -660,7 +661,9 @@ def split_params(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     return x[:, : C.NUM_DOFS], x[:, C.NUM_DOFS : C.NUM_DOFS + C.NUM_BETAS], x[:, C.NUM_DOFS + C.NUM_BETAS :]
 
 
-def fitting_loss(body: PosedBody, q: torch.Tensor, betas: torch.Tensor, targets: FitTargets, config) -> torch.Tensor:
+def fitting_loss(
+    body: PosedBody, q: torch.Tensor, betas: torch.Tensor, targets: FitTargets, config: SkelFitConfig
+) -> torch.Tensor:
     """Per-sample loss in cm²: mean squared vertex and joint distances plus small pose and shape priors.
 
     Returns:
@@ -672,7 +675,9 @@ def fitting_loss(body: PosedBody, q: torch.Tensor, betas: torch.Tensor, targets:
     return _CM2 * (vertices + config.joint_weight * joints) + priors
 
 
-def gauss_newton_hessian(skin_jacobian: torch.Tensor, joint_jacobian: torch.Tensor, config) -> torch.Tensor:
+def gauss_newton_hessian(
+    skin_jacobian: torch.Tensor, joint_jacobian: torch.Tensor, config: SkelFitConfig
+) -> torch.Tensor:
     """Gauss–Newton approximation of the Hessian of `fitting_loss`.
 
     Args:
@@ -690,7 +695,7 @@ def gauss_newton_hessian(skin_jacobian: torch.Tensor, joint_jacobian: torch.Tens
     return hessian + torch.diag(prior)
 
 
-def evaluate(skel: SKELLayer, part: SkinPart, x: torch.Tensor, targets: FitTargets, config):
+def evaluate(skel: SKELLayer, part: SkinPart, x: torch.Tensor, targets: FitTargets, config: SkelFitConfig):
     """Loss (B,), its exact gradient (B, 59) and the Gauss–Newton Hessian (B, 59, 59) at x (B, 59)."""
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
