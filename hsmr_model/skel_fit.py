@@ -99,7 +99,7 @@ class SkelFitConfig:
 class SkelFitResult:
     """Per-sample fit results (N samples), numpy arrays."""
 
-    q: np.ndarray  # (N, 46) inside the joint limits
+    q: np.ndarray  # (N, 46) inside the joint limits, the unlimited pelvis angles in [−π, π)
     betas: np.ndarray  # (N, 10)
     trans: np.ndarray  # (N, 3)
     pve_mean: np.ndarray  # (N,) mean per-vertex distance SKEL–SMPL, metres
@@ -852,7 +852,9 @@ def fit_skel_to_smpl(
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = (time.perf_counter() - start) / vertices.shape[0]
-    q, betas, trans = (t.cpu().numpy() for t in split_params(state.x))
+    q, betas, trans = split_params(state.x)
+    q = torch.cat([torch.remainder(q[:, :3] + math.pi, 2 * math.pi) - math.pi, q[:, 3:]], dim=1)  # pelvis: [−π, π)
+    q, betas, trans = q.cpu().numpy(), betas.cpu().numpy(), trans.cpu().numpy()
     return SkelFitResult(
         q=q,
         betas=betas,

@@ -96,9 +96,10 @@ def test_recovers_skel_pose_and_shape_from_skel_meshes(models):
     """Targets made by SKEL itself (the same model): the fit must land on the generating q and β.
 
     The exact posed SKEL joints are the joint targets (J_regressor_osim applied to a *posed* mesh
-    is only close to them). Bounds: a zero-residual problem, so PVE ≈ float32 noise (we allow
-    1 mm) and q within 0.01 rad on average; weakly observed DoFs (toes, wrists, scapulae, seen by
-    few of the subset's vertices) may differ by more, so the per-DoF bound is 0.1 rad.
+    is only close to them: with those the fit lands ~3 mm and ~0.02 rad off). Bounds: a zero-
+    residual problem that Gauss–Newton solves to float32 noise, stopped once a step gains less than
+    0.1 %: PVE below 1 mm, q within 0.003 rad on average and 0.03 rad for every DoF (measured on
+    64 samples: 0.0002 and 0.002 rad), β within 0.02.
     """
     skel, _, link, _ = models
     rng = np.random.default_rng(3)
@@ -109,10 +110,10 @@ def test_recovers_skel_pose_and_shape_from_skel_meshes(models):
         target = skel(q, betas, trans)
         params = smpl_params_from_skel(skel, q, betas, trans)
     result = F.fit_skel_to_smpl(skel, link, target.skin_verts, target.joints, params, F.SkelFitConfig(device="cpu"))
-    error = np.abs(result.q - q.numpy())
+    error = np.abs(np.remainder(result.q - q.numpy() + np.pi, 2 * np.pi) - np.pi)  # the pelvis angles wrap
     assert result.pve_max.max() < 1e-3
-    assert error.mean() < 0.01
-    assert error.max() < 0.1
+    assert error.mean() < 0.003
+    assert error.max() < 0.03
     assert np.abs(result.betas - betas.numpy()).mean() < 0.02
 
 
