@@ -37,12 +37,12 @@ test: setup
 models: setup
 	$(BIN)/hsmr models synth --out $(MODELS)
 
-# Render the bodies, make the synthetic dataset once (kept while its manifest exists), convert it
-# with the Prefect flow on the temporary local API (no server to start), say where the table is.
+# The whole pipeline on the synthetic default (flows/pipeline.py): bodies rendered, the dataset made
+# once (kept while its manifest exists), then convert, export, train with in-loop SKELify, a
+# refine round, the evaluation report and the label dashboard, on the temporary local Prefect API
+# (no server to start). It prints where the dashboard and the report are.
 demo: bodies
-	test -f $(DATASET_DIR)/manifest.json || $(BIN)/hsmr data synth --n $(SYNTH_N) --out $(DATASET_DIR) --models $(MODELS)
-	$(MAKE) --no-print-directory convert
-	@echo "label table: $(TABLE) (Delta Lake). Read it with pandas or DuckDB, see README.md, Pipeline."
+	$(BIN)/python -m flows.pipeline --root storage --count $(SYNTH_N)
 
 bodies: models
 	$(BIN)/hsmr demo --models $(MODELS) --out storage/demo

@@ -8,7 +8,7 @@ finished shards and training continues from its checkpoint; so a rerun after a c
 what is missing.
 
     make demo                       # = python -m flows.pipeline
-    python -m flows.pipeline --root storage --count 256 --train-steps 300
+    python -m flows.pipeline --root storage --count 256 --train-steps 120
 """
 
 from __future__ import annotations
@@ -67,10 +67,10 @@ def pipeline(
     root: str = "storage",
     count: int = 256,
     seed: int = 0,
-    train_steps: int = 300,
-    batch_size: int = 16,
-    refine_warmup: int = 100,
-    refine_every: int = 100,
+    train_steps: int = 120,
+    batch_size: int = 8,
+    refine_warmup: int = 60,
+    refine_every: int = 40,
     refine_latest: int = 256,
     device: str = "auto",
 ) -> dict[str, Any]:
@@ -121,9 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", default="storage", help="data root: models, datasets, labels, shards, runs, reports")
     parser.add_argument("--count", type=int, default=256, help="people in the synthetic dataset")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--train-steps", type=int, default=300)
-    parser.add_argument("--refine-every", type=int, default=100, help="SKELify inside training every N steps (0: off)")
-    parser.add_argument("--refine-warmup", type=int, default=100)
+    parser.add_argument("--train-steps", type=int, default=120, help="a tiny network on the CPU: ~1-3 s a step")
+    parser.add_argument("--refine-every", type=int, default=40, help="SKELify inside training every N steps (0: off)")
+    parser.add_argument("--refine-warmup", type=int, default=60)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
     result = pipeline(

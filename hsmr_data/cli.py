@@ -155,6 +155,45 @@ def _refine(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from hsmr_data.export import export_shards
+
+    datasets = dict(item.split("=", 1) for item in args.dataset)
+    summary = export_shards(args.table, datasets, args.out, args.version, args.maxcount)
+    print(json.dumps(asdict(summary), indent=2, default=str))
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from hsmr_data.training import TrainConfig, Trainer
+
+    config = TrainConfig(
+        indexes=tuple(args.index),
+        out_dir=args.out,
+        weights=tuple(args.weight) if args.weight else None,
+        models_root=args.models,
+        size=args.size,
+        pose_target=args.pose_target,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        checkpoint_every=args.checkpoint_every,
+        device=args.device,
+    )
+    trainer = Trainer(config)
+    with tqdm(total=config.steps, unit="step", desc="train") as bar:
+
+        def on_log(record: dict) -> None:
+            bar.update(record["step"] - bar.n)
+            bar.set_postfix(loss=f"{record['loss']:.4f}")
+
+        result = trainer.run(on_log=on_log)
+    print(json.dumps(asdict(result), indent=2))
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from hsmr_data.demo import run_demo
 
@@ -242,6 +281,28 @@ def build_parser() -> argparse.ArgumentParser:
     refine.add_argument("--max-iter", type=int, default=20, help="iterations per LBFGS step (torch's default 20)")
     refine.add_argument("--round", type=int, help="the round to commit (default: the next one)")
     refine.set_defaults(run=_refine)
+
+    export = commands.add_parser("export", help="training shards (WebDataset + wids index) from a label table")
+    export.add_argument("--table", required=True, help="label table URI")
+    export.add_argument("--dataset", action="append", required=True, help="NAME=DIR of a source dataset (repeatable)")
+    export.add_argument("--out", required=True, help="folder for v{version}/index.json and the shards")
+    export.add_argument("--version", type=int, help="label-table version (default: the latest)")
+    export.add_argument("--maxcount", type=int, default=1000, help="samples per shard at most")
+    export.set_defaults(run=_export)
+
+    train = commands.add_parser("train", help="train the HSMR network on exported shards (resumes in --out)")
+    train.add_argument("--index", action="append", required=True, help="index.json of an export (repeatable)")
+    train.add_argument("--weight", action="append", type=float, help="mixing weight per --index")
+    train.add_argument("--out", required=True, help="run folder: checkpoint, metrics.jsonl, predictions.parquet")
+    train.add_argument("--models", default="storage/models")
+    train.add_argument("--size", default="tiny", choices=("tiny", "B", "H"))
+    train.add_argument("--pose-target", default="88d", choices=("88d", "euler"))
+    train.add_argument("--steps", type=int, default=300)
+    train.add_argument("--batch-size", type=int, default=16)
+    train.add_argument("--lr", type=float, default=1e-4)
+    train.add_argument("--checkpoint-every", type=int, default=100)
+    train.add_argument("--device", default="auto")
+    train.set_defaults(run=_train)
 
     demo = commands.add_parser("demo", help="load the models, pose bodies, write meshes and renders")
     demo.add_argument("--models", default="storage/models")

@@ -187,3 +187,15 @@ def test_export_and_train_flows(prefect_api, labelled, model_paths, tmp_path):
     assert result["step"] == 3 and Path(result["checkpoint"]).is_file()
     with pytest.raises(FileNotFoundError, match="export-shards"):
         latest_index(tmp_path / "nothing")
+
+
+def test_cli_exports_and_trains(labelled, model_paths, tmp_path, capsys):
+    from hsmr_data.cli import main
+
+    uri, dataset_dir = labelled
+    assert main(["export", "--table", uri, "--dataset", f"synth={dataset_dir}", "--out", str(tmp_path / "s")]) == 0
+    index = json.loads(capsys.readouterr().out)["index"]
+    models = str(model_paths.smpl.parent.parent)
+    args = ["train", "--index", index, "--out", str(tmp_path / "run"), "--models", models, "--steps", "2"]
+    assert main([*args, "--batch-size", "2", "--checkpoint-every", "2"]) == 0
+    assert json.loads(capsys.readouterr().out)["step"] == 2 and (tmp_path / "run" / CHECKPOINT).is_file()
