@@ -25,50 +25,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hsmr_data.synthetic.poses import sample_moderate_smpl_params
 from hsmr_model import skel_constants as C
 from hsmr_model.model_files import BodyModelPaths, read_skel_model
-from hsmr_model.skel_fit import SkelFitConfig, SmplParams, SmplToSkel, batch_size_for, fit_in_batches, resolve_device
+from hsmr_model.skel_fit import SkelFitConfig, SmplToSkel, batch_size_for, fit_in_batches, resolve_device
 from hsmr_model.skel_fit_baseline import fit_baseline
 from hsmr_model.skel_layer import SKELLayer
-from hsmr_model.smpl_layer import build_smpl
-
-KNEES = (4, 5)  # SMPL left, right knee: flexion is +x
-ELBOWS = {18: -1.0, 19: 1.0}  # SMPL left, right elbow: flexion is −y, +y
-
-
-def moderate_smpl_params(count: int, rng: np.random.Generator, spread: float = 0.2) -> SmplParams:
-    """Random moderate SMPL parameters: N(0, spread) rad per axis, knees and elbows hinge-like and
-    bending the anatomical way, any heading with a small tilt, β ~ N(0, 1) clipped to ±2."""
-    pose = rng.normal(scale=spread, size=(count, 24, 3))
-    for knee in KNEES:
-        pose[:, knee] = 0.0
-        pose[:, knee, 0] = np.abs(rng.normal(scale=0.7, size=count))
-    for elbow, sign in ELBOWS.items():
-        pose[:, elbow] *= 0.25
-        pose[:, elbow, 1] = sign * np.abs(rng.normal(scale=0.7, size=count))
-    pose[:, 0] = 0.0
-    pose[:, 0, 0] = rng.normal(scale=0.1, size=count)
-    pose[:, 0, 1] = rng.uniform(-np.pi, np.pi, size=count)
-
-    def tensor(a: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor(a, dtype=torch.float32)
-
-    return SmplParams(
-        global_orient=tensor(pose[:, 0]),
-        body_pose=tensor(pose[:, 1:].reshape(count, 69)),
-        betas=tensor(np.clip(rng.normal(size=(count, 10)), -2.0, 2.0)),
-        transl=tensor(rng.normal(scale=0.5, size=(count, 3))),
-    )
-
-
-@torch.no_grad()
-def smpl_vertices(smpl, params: SmplParams, batch: int = 256) -> torch.Tensor:
-    """Posed SMPL vertices (N, 6890, 3)."""
-    parts = [
-        smpl(global_orient=p.global_orient, body_pose=p.body_pose, betas=p.betas, transl=p.transl).vertices
-        for p in (params[i : i + batch] for i in range(0, params.betas.shape[0], batch))
-    ]
-    return torch.cat(parts)
+from hsmr_model.smpl_layer import build_smpl, posed_vertices
 
 
 def _synchronize(device: torch.device) -> None:
@@ -149,8 +112,8 @@ def main() -> None:
     data = read_skel_model(paths.skel_male)
     skel, smpl = SKELLayer(data), build_smpl(paths.smpl)
     link = SmplToSkel.from_models(skel, data.J_regressor_osim, smpl)
-    params = moderate_smpl_params(args.samples, np.random.default_rng(0))
-    vertices = smpl_vertices(smpl, params)
+    params = sample_moderate_smpl_params(args.samples, np.random.default_rng(0))
+    vertices = posed_vertices(smpl, params)
     config = SkelFitConfig(device=str(device), batch_size=args.batch_size)
 
     ours, fitted = bench_ours(skel, link, vertices, params, config)

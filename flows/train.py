@@ -22,6 +22,7 @@ from prefect.artifacts import create_progress_artifact, create_table_artifact, u
 
 from flows.refine import refine_config
 from flows.settings import artifact_key
+from hsmr_data.cli import add_train_arguments
 from hsmr_data.refine import RefineCallback, Refiner
 from hsmr_data.training import TrainConfig, Trainer
 
@@ -107,17 +108,7 @@ def train_hsmr(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.train", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--index", action="append", help="index.json of an export (repeatable; default: latest)")
-    parser.add_argument("--weight", action="append", type=float, help="mixing weight per --index")
-    parser.add_argument("--out", default=DEFAULT_OUT, help="run folder: checkpoint, metrics, predictions")
-    parser.add_argument("--models", default="storage/models")
-    parser.add_argument("--size", default="tiny", choices=("tiny", "B", "H"))
-    parser.add_argument("--pose-target", default="88d", choices=("88d", "euler"))
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--checkpoint-every", type=int, default=100)
-    parser.add_argument("--device", default="auto")
+    add_train_arguments(parser, index_required=False, default_out=DEFAULT_OUT)
     args = parser.parse_args(argv)
     report = train_hsmr(
         indexes=args.index,

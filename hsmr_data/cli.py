@@ -202,6 +202,23 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_train_arguments(parser: argparse.ArgumentParser, index_required: bool, default_out: str | None) -> None:
+    """The training options, shared by `hsmr train` and `python -m flows.train`."""
+    index_help = "index.json of an export (repeatable)" + ("" if index_required else "; default: the latest")
+    parser.add_argument("--index", action="append", required=index_required, help=index_help)
+    parser.add_argument("--weight", action="append", type=float, help="mixing weight per --index")
+    out_help = "run folder: checkpoint, metrics.jsonl, predictions.parquet"
+    parser.add_argument("--out", required=default_out is None, default=default_out, help=out_help)
+    parser.add_argument("--models", default="storage/models")
+    parser.add_argument("--size", default="tiny", choices=("tiny", "B", "H"))
+    parser.add_argument("--pose-target", default="88d", choices=("88d", "euler"))
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--checkpoint-every", type=int, default=100)
+    parser.add_argument("--device", default="auto")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hsmr", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -291,17 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(run=_export)
 
     train = commands.add_parser("train", help="train the HSMR network on exported shards (resumes in --out)")
-    train.add_argument("--index", action="append", required=True, help="index.json of an export (repeatable)")
-    train.add_argument("--weight", action="append", type=float, help="mixing weight per --index")
-    train.add_argument("--out", required=True, help="run folder: checkpoint, metrics.jsonl, predictions.parquet")
-    train.add_argument("--models", default="storage/models")
-    train.add_argument("--size", default="tiny", choices=("tiny", "B", "H"))
-    train.add_argument("--pose-target", default="88d", choices=("88d", "euler"))
-    train.add_argument("--steps", type=int, default=300)
-    train.add_argument("--batch-size", type=int, default=16)
-    train.add_argument("--lr", type=float, default=1e-4)
-    train.add_argument("--checkpoint-every", type=int, default=100)
-    train.add_argument("--device", default="auto")
+    add_train_arguments(train, index_required=True, default_out=None)
     train.set_defaults(run=_train)
 
     demo = commands.add_parser("demo", help="load the models, pose bodies, write meshes and renders")

@@ -26,9 +26,9 @@ from hsmr_data.records import PersonSample
 from hsmr_model import camera
 from hsmr_model.model_files import BodyModelPaths, read_skel_model
 from hsmr_model.regressor import VertexRegressor
-from hsmr_model.skel_fit import SkelFitConfig, SmplParams, SmplToSkel, fit_in_batches, resolve_device
+from hsmr_model.skel_fit import SkelFitConfig, SmplToSkel, fit_in_batches, resolve_device
 from hsmr_model.skel_layer import SKELLayer
-from hsmr_model.smpl_layer import SMPLWithKeypoints
+from hsmr_model.smpl_layer import SmplParams, SMPLWithKeypoints, posed_vertices
 
 CONVERT_APP_PREFIX = "convert-smpl-to-skel"
 
@@ -85,12 +85,7 @@ class Converter:
         stack = {name: torch.as_tensor(np.stack([getattr(s, name) for s in samples]), dtype=torch.float32)
                  for name in ("global_orient", "body_pose", "betas", "keypoints_2d", "center", "scale")}  # fmt: skip
         params = SmplParams(stack["global_orient"], stack["body_pose"], stack["betas"], torch.zeros(len(samples), 3))
-        with torch.no_grad():
-            vertices = self.smpl.smpl(
-                global_orient=params.global_orient.to(self.device),
-                body_pose=params.body_pose.to(self.device),
-                betas=params.betas.to(self.device),
-            ).vertices
+        vertices = posed_vertices(self.smpl.smpl, params)
         fit = fit_in_batches(self.skel, self.link, vertices, None, params, self.config.fit)
 
         keypoints = camera.to_crop_coordinates(

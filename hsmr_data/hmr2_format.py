@@ -40,7 +40,7 @@ from webdataset.tariterators import base_plus_ext
 from hsmr_data.quarantine import Quarantine
 from hsmr_data.records import PERSON_ARRAY_SHAPES, SKEL_LABEL_SHAPES, PersonSample, SkelLabel, sample_id
 from hsmr_model import skel_constants as C
-from hsmr_model.model_files import RestrictedUnpickler
+from hsmr_model.model_files import RestrictedUnpickler, write_npz_atomically
 
 IMAGE_EXT = "jpg"
 DATA_EXT = "data.pyd"
@@ -589,23 +589,18 @@ def write_eval_npz(samples: Iterable[PersonSample], path: Path | str, image_root
         return np.stack([getattr(s, name) for s in samples])
 
     keypoints_2d, keypoints_3d = stack("keypoints_2d"), stack("keypoints_3d")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as handle:  # a handle, so numpy does not append ".npz" to the name
-        np.savez(
-            handle,
-            imgname=np.array(imgnames),
-            personid=np.array([s.person_id for s in samples], np.int64),
-            center=stack("center"),
-            scale=stack("scale"),
-            body_keypoints_2d=keypoints_2d[:, :_NUM_BODY_KEYPOINTS],
-            extra_keypoints_2d=keypoints_2d[:, _NUM_BODY_KEYPOINTS:],
-            body_keypoints_3d=keypoints_3d[:, :_NUM_BODY_KEYPOINTS],
-            extra_keypoints_3d=keypoints_3d[:, _NUM_BODY_KEYPOINTS:],
-            body_pose=np.concatenate([stack("global_orient"), stack("body_pose")], axis=1),
-            has_body_pose=np.array([s.has_body_pose for s in samples], np.float64),
-            betas=stack("betas"),
-            has_betas=np.array([s.has_betas for s in samples], np.float64),
-        )
-    tmp.replace(path)
+    write_npz_atomically(
+        path,
+        imgname=np.array(imgnames),
+        personid=np.array([s.person_id for s in samples], np.int64),
+        center=stack("center"),
+        scale=stack("scale"),
+        body_keypoints_2d=keypoints_2d[:, :_NUM_BODY_KEYPOINTS],
+        extra_keypoints_2d=keypoints_2d[:, _NUM_BODY_KEYPOINTS:],
+        body_keypoints_3d=keypoints_3d[:, :_NUM_BODY_KEYPOINTS],
+        extra_keypoints_3d=keypoints_3d[:, _NUM_BODY_KEYPOINTS:],
+        body_pose=np.concatenate([stack("global_orient"), stack("body_pose")], axis=1),
+        has_body_pose=np.array([s.has_body_pose for s in samples], np.float64),
+        betas=stack("betas"),
+        has_betas=np.array([s.has_betas for s in samples], np.float64),
+    )

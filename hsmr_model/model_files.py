@@ -387,16 +387,21 @@ def write_keypoint_regressor(path: Path | str, matrix: sp.spmatrix) -> None:
     coo = sp.coo_matrix(matrix)
     if coo.shape[0] != C.NUM_KEYPOINTS:
         raise ValueError(f"expected {C.NUM_KEYPOINTS} rows, got {coo.shape[0]}")
+    write_npz_atomically(
+        path,
+        version=np.array(KEYPOINT_REGRESSOR_VERSION),
+        names=np.array(C.KEYPOINT_NAMES),
+        rows=coo.row.astype(np.int64),
+        cols=coo.col.astype(np.int64),
+        values=coo.data.astype(np.float64),
+    )
+
+
+def write_npz_atomically(path: Path | str, **arrays: np.ndarray) -> None:
+    """np.savez to `path` exactly (no ".npz" appended), through a temporary name so a crash leaves no half file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("wb") as handle:  # a handle, so numpy does not append ".npz" to the name
-        np.savez(
-            handle,
-            version=np.array(KEYPOINT_REGRESSOR_VERSION),
-            names=np.array(C.KEYPOINT_NAMES),
-            rows=coo.row.astype(np.int64),
-            cols=coo.col.astype(np.int64),
-            values=coo.data.astype(np.float64),
-        )
+        np.savez(handle, **arrays)
     tmp.replace(path)

@@ -59,27 +59,12 @@ from hsmr_model.skel_layer import (
     pose_translations,
     smpl_pose_feature,
 )
+from hsmr_model.smpl_layer import SmplParams
 
 _AXIS_LETTERS = "XYZ"
 
 
 # ----------------------------------------------------------------------------------- records
-@dataclass(frozen=True)
-class SmplParams:
-    """SMPL parameters of a batch (axis-angle), what the initialisation starts from."""
-
-    global_orient: torch.Tensor  # (B, 3)
-    body_pose: torch.Tensor  # (B, 69)
-    betas: torch.Tensor  # (B, 10)
-    transl: torch.Tensor  # (B, 3)
-
-    def __getitem__(self, index: slice | torch.Tensor) -> SmplParams:
-        return SmplParams(*(getattr(self, f.name)[index] for f in fields(self)))
-
-    def to(self, device: torch.device, dtype: torch.dtype = torch.float32) -> SmplParams:
-        return SmplParams(*(getattr(self, f.name).to(device, dtype) for f in fields(self)))
-
-
 @dataclass(frozen=True)
 class SkelFitConfig:
     """Weights and schedule of the fit. Losses are in cm²; the weights multiply them."""

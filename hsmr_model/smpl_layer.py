@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -73,3 +73,32 @@ class SMPLWithKeypoints(nn.Module):
         out = self.smpl(global_orient=global_orient, body_pose=body_pose, betas=betas, transl=transl)
         keypoints = torch.einsum("ks,bsc->bkc", self.keypoint_weights, out.vertices[:, self.keypoint_ids])
         return SmplOutput(vertices=out.vertices, joints=out.joints[:, :24], keypoints=keypoints)
+
+
+@dataclass(frozen=True)
+class SmplParams:
+    """SMPL parameters of a batch (axis-angle), what the initialisation starts from."""
+
+    global_orient: torch.Tensor  # (B, 3)
+    body_pose: torch.Tensor  # (B, 69)
+    betas: torch.Tensor  # (B, 10)
+    transl: torch.Tensor  # (B, 3)
+
+    def __getitem__(self, index: slice | torch.Tensor) -> SmplParams:
+        return SmplParams(*(getattr(self, f.name)[index] for f in fields(self)))
+
+    def to(self, device: torch.device, dtype: torch.dtype = torch.float32) -> SmplParams:
+        return SmplParams(*(getattr(self, f.name).to(device, dtype) for f in fields(self)))
+
+
+@torch.no_grad()
+def posed_vertices(smpl: smplx.SMPL, params: SmplParams, batch: int = 256) -> torch.Tensor:
+    """SMPL vertices (N, 6890, 3) of N samples, computed `batch` at a time on the model's device."""
+    device = smpl.shapedirs.device
+    parts = []
+    for first in range(0, params.betas.shape[0], batch):
+        p = params[first : first + batch].to(device)
+        parts.append(
+            smpl(global_orient=p.global_orient, body_pose=p.body_pose, betas=p.betas, transl=p.transl).vertices
+        )
+    return torch.cat(parts)

@@ -10,14 +10,13 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from bench.bench_convert import moderate_smpl_params, smpl_vertices
-from hsmr_data.synthetic.poses import sample_betas, sample_skel_poses
+from hsmr_data.synthetic.poses import sample_betas, sample_moderate_smpl_params, sample_skel_poses
 from hsmr_model import skel_constants as C
 from hsmr_model import skel_fit as F
 from hsmr_model.model_files import read_skel_model
 from hsmr_model.skel_fit_baseline import fit_baseline
 from hsmr_model.skel_layer import SKELLayer
-from hsmr_model.smpl_layer import build_smpl
+from hsmr_model.smpl_layer import build_smpl, posed_vertices
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +29,8 @@ def models(model_paths):
 @pytest.fixture(scope="module")
 def smpl_batch(models):
     _, smpl, _, _ = models
-    params = moderate_smpl_params(12, np.random.default_rng(0))
-    return params, smpl_vertices(smpl, params)
+    params = sample_moderate_smpl_params(12, np.random.default_rng(0))
+    return params, posed_vertices(smpl, params)
 
 
 def smpl_params_from_skel(skel: SKELLayer, q: torch.Tensor, betas: torch.Tensor, trans: torch.Tensor):
@@ -132,7 +131,7 @@ def test_fits_smpl_meshes_and_reports_true_pve(models, smpl_batch):
     result = F.fit_skel_to_smpl(skel, link, vertices, None, params, config)
 
     rest = dataclasses.replace(params[:2], global_orient=torch.zeros(2, 3), body_pose=torch.zeros(2, 69))
-    floor = F.fit_skel_to_smpl(skel, link, smpl_vertices(smpl, rest), None, rest, config).pve_mean
+    floor = F.fit_skel_to_smpl(skel, link, posed_vertices(smpl, rest), None, rest, config).pve_mean
     assert (floor < 0.006).all()
     assert result.pve_mean.mean() < 0.012 and (result.pve_mean < 0.02).all()
     assert result.converged.mean() >= 0.5
@@ -162,7 +161,7 @@ def test_joint_limits_hold_even_for_poses_beyond_them(models, smpl_batch):
     pose[:, 18, 1] = -0.8  # right elbow bent backwards
     pose[:, 16, 2] = 1.8  # left shoulder far past its range
     bent = dataclasses.replace(params, body_pose=pose.flatten(1))
-    result = F.fit_skel_to_smpl(skel, link, smpl_vertices(smpl, bent), None, bent, F.SkelFitConfig(device="cpu"))
+    result = F.fit_skel_to_smpl(skel, link, posed_vertices(smpl, bent), None, bent, F.SkelFitConfig(device="cpu"))
     lower, upper = C.dof_limits()
     assert (result.q >= lower - 1e-6).all() and (result.q <= upper + 1e-6).all()
 
@@ -176,7 +175,7 @@ def test_grossly_wrong_smpl_pose_shows_in_max_pve(models, smpl_batch):
     pose = params.body_pose.clone().reshape(-1, 23, 3)
     pose[:, 4] = torch.tensor([-np.pi / 2, 0.0, 0.0])  # right knee (SMPL joint 5) bent forwards by 90°
     broken = dataclasses.replace(params, body_pose=pose.flatten(1))
-    result = F.fit_skel_to_smpl(skel, link, smpl_vertices(smpl, broken), None, broken, F.SkelFitConfig(device="cpu"))
+    result = F.fit_skel_to_smpl(skel, link, posed_vertices(smpl, broken), None, broken, F.SkelFitConfig(device="cpu"))
     assert (result.pve_max > 0.06).all()
 
 

@@ -15,6 +15,7 @@ import torch
 
 from hsmr_model import skel_constants as C
 from hsmr_model.pose_repr import rotation_to_bone_dofs
+from hsmr_model.smpl_layer import SmplParams
 
 # Body DoFs in degrees (the unnamed ones stay 0). Conventions of SKEL: shoulder_r_x > 0 and
 # shoulder_l_x < 0 lower the arms from the T-pose, shoulder_*_z > 0 swings them forward, flexions
@@ -155,3 +156,32 @@ def sample_skel_poses(count: int, rng: np.random.Generator, spread: float = 0.5)
 def sample_betas(count: int, rng: np.random.Generator, scale: float = 1.0) -> np.ndarray:
     """β ~ N(0, scale²), clipped to ±3 (the range the quality filters keep). Returns (count, 10)."""
     return np.clip(rng.normal(scale=scale, size=(count, C.NUM_BETAS)), -3.0, 3.0)
+
+
+_SMPL_KNEES = (4, 5)  # SMPL left, right knee: flexion is +x
+_SMPL_ELBOWS = {18: -1.0, 19: 1.0}  # SMPL left, right elbow: flexion is −y, +y
+
+
+def sample_moderate_smpl_params(count: int, rng: np.random.Generator, spread: float = 0.2) -> SmplParams:
+    """Random moderate SMPL parameters: N(0, spread) rad per axis, knees and elbows hinge-like and
+    bending the anatomical way, any heading with a small tilt, β ~ N(0, 1) clipped to ±2."""
+    pose = rng.normal(scale=spread, size=(count, 24, 3))
+    for knee in _SMPL_KNEES:
+        pose[:, knee] = 0.0
+        pose[:, knee, 0] = np.abs(rng.normal(scale=0.7, size=count))
+    for elbow, sign in _SMPL_ELBOWS.items():
+        pose[:, elbow] *= 0.25
+        pose[:, elbow, 1] = sign * np.abs(rng.normal(scale=0.7, size=count))
+    pose[:, 0] = 0.0
+    pose[:, 0, 0] = rng.normal(scale=0.1, size=count)
+    pose[:, 0, 1] = rng.uniform(-np.pi, np.pi, size=count)
+
+    def tensor(a: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(a, dtype=torch.float32)
+
+    return SmplParams(
+        global_orient=tensor(pose[:, 0]),
+        body_pose=tensor(pose[:, 1:].reshape(count, 69)),
+        betas=tensor(np.clip(rng.normal(size=(count, 10)), -2.0, 2.0)),
+        transl=tensor(rng.normal(scale=0.5, size=(count, 3))),
+    )
