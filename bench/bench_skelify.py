@@ -73,7 +73,7 @@ def _synchronize(device: torch.device) -> None:
 
 def seconds_per_evaluation(skelify: Skelify, people: dict, count: int, repeats: int) -> float:
     """Mean wall time of one objective evaluation with its backward pass on the first `count` people."""
-    problem = skelify._problem(people["q0"][:count], people["betas0"][:count], people["keypoints"][:count])
+    problem = skelify.start(people["q0"][:count], people["betas0"][:count], people["keypoints"][:count])
     stage = REFINER_STAGES[0]
     mask = keypoint_mask(stage, skelify.device)
     skelify.objective(problem, stage, mask).backward()  # warm-up

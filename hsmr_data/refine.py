@@ -177,7 +177,7 @@ def fingerprint(predictions: pa.Table) -> str:
 def _matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """A list column of equal-length rows as an (N, D) array."""
     values = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    return np.asarray(values.to_pylist(), dtype=np.float64).reshape(len(values), -1)
+    return np.array(values.flatten().to_numpy(zero_copy_only=False), dtype=np.float64).reshape(len(values), -1)
 
 
 # ---------------------------------------------------------------------------------------- geometry

@@ -194,7 +194,7 @@ def limit_tensors(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
 
 # --------------------------------------------------------------------------------------- driver
 @dataclass
-class _Problem:
+class Problem:
     """One batch being optimised: the free tensors and what the objective compares them with."""
 
     orient: torch.Tensor  # (B, 3) q[0:3]
@@ -264,7 +264,7 @@ class Skelify:
 
     def _fit_batch(self, q: torch.Tensor, betas: torch.Tensor, keypoints: torch.Tensor) -> SkelifyResult:
         started = time.perf_counter()
-        problem = self._problem(q, betas, keypoints)
+        problem = self.start(q, betas, keypoints)
         iterations, converged = 0, False
         for stage in self.config.stages:
             stage_iterations, stage_converged = self._run_stage(problem, stage)
@@ -286,7 +286,7 @@ class Skelify:
         )
 
     @torch.no_grad()
-    def _problem(self, q: torch.Tensor, betas: torch.Tensor, keypoints: torch.Tensor) -> _Problem:
+    def start(self, q: torch.Tensor, betas: torch.Tensor, keypoints: torch.Tensor) -> Problem:
         """Free tensors at the starting point; the camera starts at the fitted placement (a network's camera
         belongs to its augmented crop), the torso scale falls back to the starting projection's."""
         q, betas = q.to(self.device, torch.float32), betas.to(self.device, torch.float32)
@@ -294,7 +294,7 @@ class Skelify:
         points = self.keypoints_3d(q, betas)
         trans = camera.fit_translation(points.cpu(), keypoints.cpu()).to(self.device)
         scale = torso_scale(keypoints, model_torso_scale(camera.project(points, trans)))
-        return _Problem(
+        return Problem(
             orient=q[:, :3].clone().requires_grad_(True),
             body=q[:, 3:].clone().requires_grad_(True),
             betas=betas.clone().requires_grad_(True),
@@ -305,7 +305,7 @@ class Skelify:
             limits=limit_tensors(self.device),
         )
 
-    def objective(self, problem: _Problem, stage: Stage, mask: torch.Tensor) -> torch.Tensor:
+    def objective(self, problem: Problem, stage: Stage, mask: torch.Tensor) -> torch.Tensor:
         """The batch-mean SKELify loss of `stage` at the problem's current parameters (a scalar)."""
         q = problem.q()
         points = self.keypoints_3d(q, problem.betas)
@@ -319,7 +319,7 @@ class Skelify:
             loss = loss + stage.depth**2 * depth_term(points, problem.trans, problem.scale, camera.FOCAL_NORMALISED)
         return loss.mean()
 
-    def _run_stage(self, problem: _Problem, stage: Stage) -> tuple[int, bool]:
+    def _run_stage(self, problem: Problem, stage: Stage) -> tuple[int, bool]:
         """`stage.steps` LBFGS steps, stopping early on HSMR's tolerances; returns (iterations, stopped early)."""
         config = self.config
         free = problem.free(stage)
