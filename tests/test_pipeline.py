@@ -1,0 +1,46 @@
+"""The whole pipeline flow on a tiny synthetic world, under the Prefect test API."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from flows.pipeline import pipeline_paths
+from hsmr_data import label_table
+
+
+@pytest.mark.slow
+def test_pipeline_runs_every_step_and_a_rerun_redoes_nothing(prefect_api, model_paths, tmp_path):
+    from flows.pipeline import pipeline
+
+    root = tmp_path / "storage"
+    shutil.copytree(model_paths.smpl.parent.parent, root / "models")
+    settings = dict(root=str(root), count=8, train_steps=4, batch_size=2, refine_warmup=2, refine_every=2)
+    result = pipeline(**settings)
+    paths = pipeline_paths(root)
+
+    assert label_table.read_labels(paths["table"]).num_rows == 8
+    assert Path(result["export_index"]).is_file() and Path(result["checkpoint"]).is_file()
+    assert [r["status"] for r in result["refinement_rounds_in_training"]] == ["committed"]
+    report = json.loads(Path(result["report_json"]).read_text())
+    assert report and Path(result["report"]).read_text().startswith("# Evaluation")
+    page = Path(result["dashboard"]).read_text()
+    assert "<svg" in page and "round 0" in page
+
+    versions = label_table.history(paths["table"])[-1]["version"]
+    again = pipeline(**{**settings, "train_steps": 4})
+    assert label_table.history(paths["table"])[-1]["version"] == versions  # nothing committed twice
+    assert again["refine_round"]["status"] == "skipped"
+
+
+def test_a_dataset_of_another_size_is_not_silently_reused(tmp_path):
+    from flows.pipeline import ensure_dataset
+
+    (tmp_path / "synth").mkdir()
+    (tmp_path / "synth" / "manifest.json").write_text(json.dumps({"config": {"count": 5, "seed": 0}}))
+    with pytest.raises(ValueError, match="5 people"):
+        ensure_dataset(str(tmp_path / "synth"), str(tmp_path / "models"), count=8, seed=0)
+    assert ensure_dataset(str(tmp_path / "synth"), str(tmp_path / "models"), count=5, seed=0)["generated"] is False
