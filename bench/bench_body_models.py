@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from results import write_result  # bench/ is on sys.path when a script runs
 
 from hsmr_data.synthetic.poses import sample_betas, sample_skel_poses
 from hsmr_model.model_files import BodyModelPaths
@@ -106,10 +107,7 @@ def main() -> None:
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "results": rows,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

@@ -20,10 +20,10 @@ import os
 import platform
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import torch
+from results import write_result  # bench/ is on sys.path when a script runs
 
 from hsmr_data.synthetic.poses import sample_moderate_smpl_params
 from hsmr_model import skel_constants as C
@@ -155,10 +155,7 @@ def main() -> None:
         "comparisons": comparisons,
         "goal": "ratio >= 1000 at equal or better PVE",
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

@@ -27,10 +27,10 @@ import os
 import platform
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import torch
+from results import write_result  # bench/ is on sys.path when a script runs
 
 from hsmr_model import camera
 from hsmr_model import skel_constants as C
@@ -192,10 +192,7 @@ def main() -> None:
         skelify = Skelify(skel, regressor, SkelifyConfig(batch_size=size, device=str(device)))
         result["many"] = {"batch_size": size, **refine_run(skelify, people, args.samples)}
     print(json.dumps(result, indent=2))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

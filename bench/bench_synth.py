@@ -18,10 +18,10 @@ import statistics
 import tempfile
 import time
 from dataclasses import asdict
-from pathlib import Path
 
 import numpy as np
 import torch
+from results import write_result  # bench/ is on sys.path when a script runs
 
 from hsmr_data.synthetic.poses import sample_true_poses
 from hsmr_data.synthetic.render import rasterize, shade
@@ -86,8 +86,7 @@ def main() -> None:
         "generation": bench_generation(paths, args.count),
         "config": asdict(SynthConfig(count=args.count)),
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    write_result(args.out, result)
     print(json.dumps(result, indent=2))
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import torch
+from results import write_result  # bench/ is on sys.path when a script runs
 
 from hsmr_data import export
 from hsmr_data import label_table as lt
@@ -112,8 +113,7 @@ def main() -> None:
         "loader_samples_per_s_one_process": loader,
         "loader_over_tiny_training": round(loader / training["tiny"], 2) if "tiny" in training else None,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    write_result(args.out, result)
     print(json.dumps(result, indent=2))
 
 
