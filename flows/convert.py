@@ -1,12 +1,14 @@
 """The `convert-smpl-to-skel` flow: SMPL pseudo-GT → SKEL labels (round 0) in the label table.
 
-Thin wiring around `hsmr_data.conversion`: one task per input shard (chunk), retried on failure, a
-progress artifact updated as chunks finish, and a table and markdown summary of label quality at the
-end. Resuming needs no Prefect caching: each chunk is committed to the Delta table in one transaction
-named after it, and `convert_chunk` skips chunks the table already records, so a rerun after a crash
-does only the missing chunks and can never serve a stale label.
+Thin wiring around `hsmr_data.conversion`: one task per shard URL (chunk) of every dataset, retried on
+failure, a progress artifact updated as chunks finish, and a table and markdown summary of label
+quality at the end. Resuming needs no Prefect caching: each chunk is committed to the Delta table in
+one transaction named after its dataset and URL, and `convert_chunk` skips chunks the table already
+records, so a rerun after a crash does only the missing chunks and can never serve a stale label.
 
     python -m flows.convert --dataset-dir storage/datasets/synth --table storage/labels/synth
+    python -m flows.convert --dataset 'coco=/data/coco-train-2014-pruned/{000000..000017}.tar' \
+        --dataset 'mpii=pipe:cat /data/mpii/{000000..000009}.tar' --table storage/labels/hmr2
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import argparse
 import json
 import sys
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -32,7 +33,9 @@ from tqdm import tqdm
 
 from flows.settings import artifact_key
 from hsmr_data import conversion, label_table
-from hsmr_data.conversion import ChunkOutcome, ConvertConfig, Converter
+from hsmr_data.cli import add_dataset_arguments, dataset_arguments
+from hsmr_data.conversion import Chunk, ChunkOutcome, ConvertConfig, Converter
+from hsmr_data.datasets import parse_datasets
 from hsmr_data.filters import FilterConfig
 from hsmr_model.skel_fit import SkelFitConfig
 
@@ -40,7 +43,7 @@ FLOW_NAME = "convert-smpl-to-skel"
 
 
 def convert_config(
-    dataset_dir: str,
+    dataset_dir: str | None,
     table_uri: str,
     models_root: str = "storage/models",
     dataset: str = "synth",
@@ -50,10 +53,12 @@ def convert_config(
     max_abs_beta: float = FilterConfig.max_abs_beta,
     min_keypoints: int = FilterConfig.min_keypoints,
     keypoint_conf_floor: float = FilterConfig.keypoint_conf_floor,
+    datasets: list[str] | None = None,
+    quarantine_root: str | None = None,
 ) -> ConvertConfig:
     """The library's configuration from the flow's plain (JSON-able) parameters."""
     return ConvertConfig(
-        dataset_dir=str(dataset_dir),
+        dataset_dir=str(dataset_dir) if dataset_dir else None,
         table_uri=str(table_uri),
         models_root=str(models_root),
         dataset=dataset,
@@ -64,6 +69,8 @@ def convert_config(
             min_keypoints=min_keypoints,
             keypoint_conf_floor=keypoint_conf_floor,
         ),
+        datasets=tuple(parse_datasets(datasets or [])),
+        quarantine_root=quarantine_root,
     )
 
 
@@ -71,20 +78,20 @@ def convert_config(
 # that did land is a skip. NO_CACHE: the table, not Prefect's result store, says what is done.
 @task(
     name="convert-chunk",
-    task_run_name="convert-{shard.stem}",
+    task_run_name="convert-{chunk.label}",
     retries=2,
     retry_delay_seconds=2,
     cache_policy=NO_CACHE,
     persist_result=False,
 )
-def convert_chunk(converter: Converter, shard: Path) -> ChunkOutcome:
-    return conversion.convert_chunk(converter, shard)
+def convert_chunk(converter: Converter, chunk: Chunk) -> ChunkOutcome:
+    return conversion.convert_chunk(converter, chunk)
 
 
 @flow(name=FLOW_NAME, task_runner=ThreadPoolTaskRunner(max_workers=1), persist_result=False)
 def convert_smpl_to_skel(
-    dataset_dir: str,
-    table_uri: str,
+    dataset_dir: str | None = None,
+    table_uri: str = "storage/labels/synth",
     models_root: str = "storage/models",
     dataset: str = "synth",
     device: str = "auto",
@@ -93,11 +100,16 @@ def convert_smpl_to_skel(
     max_abs_beta: float = FilterConfig.max_abs_beta,
     min_keypoints: int = FilterConfig.min_keypoints,
     keypoint_conf_floor: float = FilterConfig.keypoint_conf_floor,
+    datasets: list[str] | None = None,
+    quarantine_root: str | None = None,
 ) -> dict[str, Any]:
-    """Convert every shard under `dataset_dir`/shards into round-0 labels in the table at `table_uri`.
+    """Convert every shard of the datasets into round-0 labels in the table at `table_uri`.
 
-    Returns the run report: the table's URI and version, chunk counts by outcome and the label-quality
-    summary of the whole table (`conversion.summarize`).
+    The datasets: `dataset_dir` (a folder holding shards/*.tar, or any SPEC) named `dataset`, and
+    `datasets`, a list of `NAME=SPEC` (brace patterns, directories, file:, pipe:, http(s), fsspec
+    URLs; see `hsmr_data.datasets`). Returns the run report: the table's URI and version, chunk
+    counts by outcome, samples quarantined (in all and per dataset) and the label-quality summary
+    of the whole table (`conversion.summarize`).
     """
     config = convert_config(
         dataset_dir=dataset_dir,
@@ -110,31 +122,33 @@ def convert_smpl_to_skel(
         max_abs_beta=max_abs_beta,
         min_keypoints=min_keypoints,
         keypoint_conf_floor=keypoint_conf_floor,
+        datasets=datasets,
+        quarantine_root=quarantine_root,
     )
     logger = get_run_logger()
-    shards = conversion.list_chunks(config.dataset_dir)
+    chunks = conversion.list_chunks(config)
+    names = ", ".join(str(spec) for spec in config.specs)
     label_table.create_or_open(config.table_uri)  # once, before the tasks race to create it
     converter = Converter(config)  # the body models, loaded once and shared by every task
-    logger.info("%s → %s on %s, chunks: %d", config.dataset_dir, config.table_uri, converter.device, len(shards))
+    logger.info("%s → %s on %s, chunks: %d", names, config.table_uri, converter.device, len(chunks))
 
-    progress = create_progress_artifact(0.0, description=f"chunks of {config.dataset_dir} converted")
-    futures = {convert_chunk.submit(converter, shard): shard for shard in shards}
+    progress = create_progress_artifact(0.0, description=f"chunks of {names} converted")
+    futures = {convert_chunk.submit(converter, chunk): chunk for chunk in chunks}
     outcomes: list[ChunkOutcome] = []
     failed: dict[str, str] = {}
-    with tqdm(total=len(shards), unit="chunk", desc=FLOW_NAME) as bar:
+    with tqdm(total=len(chunks), unit="chunk", desc=FLOW_NAME) as bar:
         for future in as_completed(list(futures)):
-            shard = futures[future]
             try:
                 outcomes.append(future.result())
             except Exception as error:  # every chunk gets its chance before the run fails
-                failed[conversion.chunk_id(config.dataset, shard)] = repr(error)
+                failed[futures[future].id] = repr(error)
             bar.update(1)
-            update_progress_artifact(progress, 100.0 * bar.n / len(shards))
+            update_progress_artifact(progress, 100.0 * bar.n / len(chunks))
 
     report = run_report(config, outcomes, failed)
     publish_summary(config, report)
     if failed:
-        raise RuntimeError(f"{len(failed)} of {len(shards)} chunks failed after retries: {failed}")
+        raise RuntimeError(f"{len(failed)} of {len(chunks)} chunks failed after retries: {failed}")
     return report
 
 
@@ -147,6 +161,7 @@ def run_report(config: ConvertConfig, outcomes: list[ChunkOutcome], failed: dict
         "table_version": label_table.history(config.table_uri)[-1]["version"],
         "chunks": {status: statuses[status] for status in ("committed", "skipped", "empty")} | {"failed": len(failed)},
         "quarantined": sum(outcome.quarantined for outcome in outcomes),
+        "quarantined_by_dataset": conversion.quarantined_by_dataset(outcomes),
         "summary": conversion.summarize(labels),
     }
 
@@ -163,14 +178,15 @@ def publish_summary(config: ConvertConfig, report: dict[str, Any]) -> None:
     rows = [
         {"measure": rule_names.get(name, name.replace("_", " ")), "value": value} for name, value in summary.items()
     ]
-    key = artifact_key("convert", config.dataset)
+    key = artifact_key("convert", "+".join(spec.name for spec in config.specs))
     create_table_artifact(rows, key=f"{key}-label-quality", description=f"label quality of {config.table_uri}")
 
     chunks = ", ".join(f"{count} {status}" for status, count in report["chunks"].items() if count)
     lines = [
-        f"# {FLOW_NAME}: {config.dataset}",
+        f"# {FLOW_NAME}: {', '.join(spec.name for spec in config.specs)}",
         f"- table: `{config.table_uri}` (Delta version {report['table_version']})",
-        f"- chunks this run: {chunks or 'none'}; samples quarantined: {report['quarantined']}",
+        f"- chunks this run: {chunks or 'none'}; samples quarantined: {report['quarantined']} "
+        f"({', '.join(f'{name}: {count}' for name, count in report['quarantined_by_dataset'].items()) or 'none'})",
         f"- labels: {summary['samples']}, passed every filter: {summary['passed']}",
         "",
         "| measure | value |",
@@ -215,10 +231,9 @@ def build_task_runner(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.convert", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset-dir", required=True, help="folder holding shards/*.tar")
+    add_dataset_arguments(parser)
     parser.add_argument("--table", required=True, help="label table URI (a folder or any URI deltalake opens)")
     parser.add_argument("--models", default="storage/models", help="body models in the standard layout")
-    parser.add_argument("--dataset", default="synth", help="dataset name: the prefix of chunk ids and sample rows")
     parser.add_argument("--device", default="auto", help='"auto", "cpu", "cuda", "cuda:1", ...')
     parser.add_argument("--batch-size", type=int, help="fitting batch (default: 256 on the CPU, by memory on CUDA)")
     parser.add_argument("--runner", choices=("threads", "dask"), default="threads")
@@ -231,13 +246,16 @@ def main(argv: list[str] | None = None) -> int:
     task_runner = build_task_runner(
         args.runner, args.max_workers, args.dask_address, args.dask_cluster_class, args.dask_cluster_kwargs
     )
+    dataset_dir, datasets = dataset_arguments(args)
     report = convert_smpl_to_skel.with_options(task_runner=task_runner)(
-        dataset_dir=args.dataset_dir,
+        dataset_dir=dataset_dir,
         table_uri=args.table,
         models_root=args.models,
-        dataset=args.dataset,
+        dataset=args.dataset_name,
         device=args.device,
         batch_size=args.batch_size,
+        datasets=datasets,
+        quarantine_root=args.quarantine,
     )
     print(json.dumps(report, indent=2))
     return 0

@@ -1,12 +1,16 @@
 """`hsmr`: the command line for the steps that have no Prefect flow yet.
 
 hsmr models synth --out storage/models      write the synthetic SMPL/SKEL stand-ins
-hsmr models check --root DIR                load and validate model files (real or synthetic)
+hsmr models check --root DIR                load and validate model files (real or synthetic); names
+                                            every missing file and where it comes from
+hsmr models keypoints --joints J_regressor_SKEL_mix_MALE.pkl --extra SMPL_to_J19.pkl --out DIR
+                                            HSMR's 44-keypoint regressor: DIR/keypoint_regressor_44.npz
 hsmr data synth --n N --out DIR [--seed S] [--hard-fraction F]
                                             the synthetic dataset (tars, ground truth, contact sheet)
-hsmr convert --dataset-dir DIR --table URI [--models storage/models] [--device auto] [--batch-size N]
+hsmr convert (--dataset NAME=SPEC ... | --dataset-dir DIR) --table URI [--models storage/models] [--device auto]
                                             SMPL pseudo-GT → SKEL labels in the label table (no Prefect;
-                                            the same steps as the convert-smpl-to-skel flow)
+                                            the same steps as the convert-smpl-to-skel flow); SPEC: a brace
+                                            pattern, a folder, file:, pipe:CMD, http(s) or an fsspec URL
 hsmr eval --dataset-dir DIR --table URI [--predictions P] [--out storage/reports/eval]
                                             every label source (and a network's predictions) against the
                                             synthetic world's truth: the paper's Tables 1-4 as JSON + markdown
@@ -49,6 +53,16 @@ def _synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keypoints(args: argparse.Namespace) -> int:
+    from hsmr_model.hsmr_keypoints import build_keypoint_regressor
+
+    out = Path(args.out) / "keypoint_regressor_44.npz"
+    regressor = build_keypoint_regressor(args.joints, args.extra, out)
+    summary = {"written": str(out), "shape": list(regressor.shape), "nonzeros": int(regressor.nnz)}
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def _data_synth(args: argparse.Namespace) -> int:
     from hsmr_data.synthetic.body_models import ensure_synthetic_models
     from hsmr_data.synthetic.world import SynthConfig, generate_dataset
@@ -60,9 +74,15 @@ def _data_synth(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from hsmr_data.model_check import check_models
+    from hsmr_data.model_check import check_models, missing_files
 
-    report = check_models(_paths(args))
+    paths = _paths(args)
+    missing = missing_files(paths)
+    for path, source in missing:
+        print(f"missing: {path}\n  {source}", file=sys.stderr)
+    if missing:
+        return 2
+    report = check_models(paths)
     print(json.dumps(report, indent=2))
     return 0
 
@@ -74,22 +94,27 @@ def _convert(args: argparse.Namespace) -> int:
 
     from hsmr_data import conversion, label_table
     from hsmr_data.conversion import ConvertConfig
+    from hsmr_data.datasets import parse_datasets
     from hsmr_model.skel_fit import SkelFitConfig
 
+    dataset_dir, datasets = dataset_arguments(args)
     config = ConvertConfig(
-        dataset_dir=args.dataset_dir,
+        dataset_dir=dataset_dir,
         table_uri=args.table,
         models_root=args.models,
-        dataset=args.dataset,
+        dataset=args.dataset_name,
         fit=SkelFitConfig(device=args.device, batch_size=args.batch_size),
+        datasets=tuple(parse_datasets(datasets)),
+        quarantine_root=args.quarantine,
     )
-    with tqdm(total=len(conversion.list_chunks(args.dataset_dir)), unit="chunk", desc="convert") as bar:
+    with tqdm(total=len(conversion.list_chunks(config)), unit="chunk", desc="convert") as bar:
         outcomes = conversion.convert_dataset(config, on_chunk=lambda outcome: bar.update(1))
     statuses = Counter(outcome.status for outcome in outcomes)
     report = {
         "table_uri": config.table_uri,
         "chunks": {status: statuses[status] for status in ("committed", "skipped", "empty")},
         "quarantined": sum(outcome.quarantined for outcome in outcomes),
+        "quarantined_by_dataset": conversion.quarantined_by_dataset(outcomes),
         "summary": conversion.summarize(label_table.read_labels(config.table_uri)),
     }
     print(json.dumps(report, indent=2))
@@ -156,10 +181,12 @@ def _refine(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from hsmr_data.export import export_shards
+    from hsmr_data.datasets import parse_datasets
+    from hsmr_data.export import export_hsmr_tars, export_shards
 
-    datasets = dict(item.split("=", 1) for item in args.dataset)
-    summary = export_shards(args.table, datasets, args.out, args.version, args.maxcount)
+    datasets = {spec.name: spec.spec for spec in parse_datasets(args.dataset)}
+    export = export_hsmr_tars if args.format == "hsmr" else export_shards
+    summary = export(args.table, datasets, args.out, args.version, args.maxcount)
     print(json.dumps(asdict(summary), indent=2, default=str))
     return 0
 
@@ -202,6 +229,34 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
+    """The dataset options of a conversion, shared by `hsmr convert` and `python -m flows.convert`."""
+    parser.add_argument(
+        "--dataset",
+        action="append",
+        default=[],
+        metavar="NAME=SPEC",
+        help="a dataset (repeatable): SPEC is a brace pattern (/data/coco/{000000..000017}.tar), a folder, "
+        "file:PATH, pipe:COMMAND, http(s):// or an fsspec URL (s3://, gs://, ...). "
+        "A bare NAME names --dataset-dir instead (as before)",
+    )
+    parser.add_argument("--dataset-dir", help="a plain dataset folder holding shards/*.tar (named 'synth' by default)")
+    parser.add_argument(
+        "--quarantine", help="folder for the quarantine reports, one subfolder per dataset (default: see docs)"
+    )
+
+
+def dataset_arguments(args: argparse.Namespace) -> tuple[str | None, list[str]]:
+    """(--dataset-dir, the NAME=SPEC datasets); sets `args.dataset_name`, the name of --dataset-dir."""
+    names = [item for item in args.dataset if "=" not in item]
+    if len(names) > 1 or (names and not args.dataset_dir):
+        raise SystemExit("error: --dataset takes NAME=SPEC; a bare NAME only names --dataset-dir (once)")
+    if not args.dataset_dir and not args.dataset:
+        raise SystemExit("error: give --dataset NAME=SPEC (repeatable) or --dataset-dir DIR")
+    args.dataset_name = names[0] if names else "synth"
+    return args.dataset_dir, [item for item in args.dataset if "=" in item]
+
+
 def add_train_arguments(parser: argparse.ArgumentParser, index_required: bool, default_out: str | None) -> None:
     """The training options, shared by `hsmr train` and `python -m flows.train`."""
     index_help = "index.json of an export (repeatable)" + ("" if index_required else "; default: the latest")
@@ -237,6 +292,12 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--keypoints", help="keypoint_regressor_44.npz")
     check.set_defaults(run=_check)
 
+    keypoints = models.add_parser("keypoints", help="compose HSMR's (44, 6890) keypoint regressor from its pickles")
+    keypoints.add_argument("--joints", required=True, help="J_regressor_SKEL_mix_MALE.pkl (HSMR's data inputs)")
+    keypoints.add_argument("--extra", required=True, help="SMPL_to_J19.pkl (HMR2.0's / HSMR's data)")
+    keypoints.add_argument("--out", required=True, help="folder for keypoint_regressor_44.npz (<models>/smpl)")
+    keypoints.set_defaults(run=_keypoints)
+
     data = commands.add_parser("data", help="datasets").add_subparsers(dest="action", required=True)
     data_synth = data.add_parser("synth", help="write the synthetic dataset: HMR2.0-style tars plus the hidden truth")
     data_synth.add_argument("--n", type=int, required=True, help="number of people")
@@ -248,10 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     data_synth.set_defaults(run=_data_synth)
 
     convert = commands.add_parser("convert", help="convert SMPL pseudo-GT shards into SKEL labels (round 0)")
-    convert.add_argument("--dataset-dir", required=True, help="folder holding shards/*.tar")
+    add_dataset_arguments(convert)
     convert.add_argument("--table", required=True, help="label table URI (a folder or any URI deltalake opens)")
     convert.add_argument("--models", default="storage/models", help="body models in the standard layout")
-    convert.add_argument("--dataset", default="synth", help="dataset name: the prefix of chunk ids and sample rows")
     convert.add_argument("--device", default="auto", help='"auto" (CUDA when present), "cpu", "cuda:1", ...')
     convert.add_argument("--batch-size", type=int, help="fitting batch (default: 256 on the CPU, by memory on CUDA)")
     convert.set_defaults(run=_convert)
@@ -301,7 +361,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser("export", help="training shards (WebDataset + wids index) from a label table")
     export.add_argument("--table", required=True, help="label table URI")
-    export.add_argument("--dataset", action="append", required=True, help="NAME=DIR of a source dataset (repeatable)")
+    export.add_argument(
+        "--dataset", action="append", required=True, help="NAME=SPEC of a source dataset (repeatable; see convert)"
+    )
+    export.add_argument(
+        "--format",
+        choices=("pipeline", "hsmr"),
+        default="pipeline",
+        help="pipeline: this project's training shards (crops + npz); hsmr: HMR2.0's tars with HSMR's "
+        "orig_*/flip_* SKEL labels, what HSMR's own training code reads",
+    )
     export.add_argument("--out", required=True, help="folder for v{version}/index.json and the shards")
     export.add_argument("--version", type=int, help="label-table version (default: the latest)")
     export.add_argument("--maxcount", type=int, default=1000, help="samples per shard at most")

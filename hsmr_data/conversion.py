@@ -1,10 +1,12 @@
 """SMPL pseudo-GT → SKEL labels, chunk by chunk, committed to the label table (round 0).
 
-A chunk is one input shard: it is read (bad samples quarantined), its SMPL meshes are fitted with
-SKEL, each label is placed in the crop camera and scored against the 2D keypoints, the quality
-filters give their verdicts, and the rows are committed in one idempotent transaction named after
-the chunk. A rerun skips committed chunks, so a run killed anywhere and started again ends with the
-table an uninterrupted run gives. Everything here is plain Python; the Prefect flow only wires it.
+The input is one or more datasets named by URL specs (`NAME=SPEC`, see `hsmr_data.datasets`). A
+chunk is one shard URL of one dataset: it is read (bad samples quarantined, one report per chunk
+under the dataset's quarantine folder), its SMPL meshes are fitted with SKEL, each label is placed
+in the crop camera and scored against the 2D keypoints, the quality filters give their verdicts,
+and the rows are committed in one idempotent transaction named after the dataset and the shard URL.
+A rerun skips committed chunks, so a run killed anywhere and started again ends with the table an
+uninterrupted run gives. Everything here is plain Python; the Prefect flow only wires it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import pyarrow as pa
 import torch
 
 from hsmr_data import label_table
+from hsmr_data.datasets import DatasetSpec, shard_label
 from hsmr_data.filters import FilterConfig, apply_filters, clean_confidences
 from hsmr_data.hmr2_format import read_shards
 from hsmr_data.quarantine import Quarantine
@@ -37,34 +40,62 @@ CONVERT_APP_PREFIX = "convert-smpl-to-skel"
 class ConvertConfig:
     """Everything a conversion run needs: where things are, and the knobs of fitting and filtering."""
 
-    dataset_dir: str  # holds shards/*.tar
+    dataset_dir: str | None  # a plain dataset (a folder holding shards/*.tar, or any SPEC) named `dataset`
     table_uri: str  # the label table (a local path or any URI deltalake opens)
     models_root: str = "storage/models"
     dataset: str = "synth"
     skel_sex: str = "male"  # HSMR labels with the male SKEL model; there is no neutral one
     fit: SkelFitConfig = field(default_factory=SkelFitConfig)
     filters: FilterConfig = field(default_factory=FilterConfig)
+    datasets: tuple[DatasetSpec, ...] = ()  # further datasets by NAME=SPEC, converted after `dataset_dir`
+    # Quarantine reports go to {quarantine_root}/{dataset}/; without a root, to a local dataset
+    # folder's quarantine/ and for URLs to storage/quarantine/{dataset}/.
+    quarantine_root: str | None = None
 
     @property
-    def quarantine_dir(self) -> Path:
-        return Path(self.dataset_dir) / "quarantine"
+    def specs(self) -> list[DatasetSpec]:
+        """Every dataset of the run, in order; two with one name are refused."""
+        specs = ([DatasetSpec(self.dataset, self.dataset_dir)] if self.dataset_dir else []) + list(self.datasets)
+        if not specs:
+            raise ValueError("no dataset to convert: give a dataset folder or NAME=SPEC datasets")
+        names = [spec.name for spec in specs]
+        if len(set(names)) < len(names):
+            raise ValueError(f"dataset names must differ, got {names}")
+        return specs
+
+    def quarantine_dir(self, spec: DatasetSpec) -> Path:
+        if self.quarantine_root is not None:
+            return Path(self.quarantine_root) / spec.name
+        local = spec.local_dir
+        return local / "quarantine" if local is not None else Path("storage/quarantine") / spec.name
 
 
-def list_chunks(dataset_dir: str | Path) -> list[Path]:
-    """The input shards in name order; each is one chunk."""
-    shards = sorted((Path(dataset_dir) / "shards").glob("*.tar"))
-    if not shards:
-        raise FileNotFoundError(f"no shards (*.tar) under {Path(dataset_dir) / 'shards'}")
-    return shards
+@dataclass(frozen=True)
+class Chunk:
+    """One shard URL of one dataset: the unit of work, commit and resume."""
+
+    spec: DatasetSpec
+    url: str
+
+    @property
+    def id(self) -> str:
+        """The `chunk_id` of its label rows."""
+        return f"{self.spec.name}/{self.url}"
+
+    @property
+    def app_id(self) -> str:
+        """The Delta transaction id that records the chunk as committed."""
+        return f"{CONVERT_APP_PREFIX}/{self.id}"
+
+    @property
+    def label(self) -> str:
+        """A short, file-name-safe name (task runs, quarantine reports)."""
+        return f"{self.spec.name}-{shard_label(self.url)}"
 
 
-def chunk_id(dataset: str, shard: Path) -> str:
-    return f"{dataset}/{shard.stem}"
-
-
-def chunk_app_id(dataset: str, shard: Path) -> str:
-    """The Delta transaction id that records a chunk as committed."""
-    return f"{CONVERT_APP_PREFIX}/{chunk_id(dataset, shard)}"
+def list_chunks(config: ConvertConfig) -> list[Chunk]:
+    """Every shard of every dataset, datasets in the order given, shards in their order."""
+    return [Chunk(spec, url) for spec in config.specs for url in spec.shard_urls()]
 
 
 class Converter:
@@ -123,28 +154,28 @@ class Converter:
 class ChunkOutcome:
     chunk_id: str
     status: str  # "committed", "skipped" (committed by an earlier run) or "empty"
+    dataset: str = ""
     samples: int = 0
     quarantined: int = 0
     seconds: float = 0.0
 
 
-def convert_chunk(converter: Converter, shard: Path) -> ChunkOutcome:
+def convert_chunk(converter: Converter, chunk: Chunk) -> ChunkOutcome:
     """Convert one shard and commit it, unless an earlier run already did."""
     config = converter.config
-    name, app_id = chunk_id(config.dataset, shard), chunk_app_id(config.dataset, shard)
-    if label_table.is_committed(config.table_uri, app_id, 0):
-        return ChunkOutcome(name, "skipped")
+    name = chunk.spec.name
+    if label_table.is_committed(config.table_uri, chunk.app_id, 0):
+        return ChunkOutcome(chunk.id, "skipped", name)
     started = time.perf_counter()
     quarantine = Quarantine()
-    samples = list(read_shards([shard], config.dataset, quarantine))
-    if len(quarantine):
-        config.quarantine_dir.mkdir(parents=True, exist_ok=True)
-        quarantine.write_report(config.quarantine_dir / f"{shard.stem}.json")
+    samples = list(read_shards([chunk.url], name, quarantine))
+    if len(quarantine) or quarantine.notes:
+        quarantine.write_report(config.quarantine_dir(chunk.spec) / f"{shard_label(chunk.url)}.json")
     if not samples:
-        return ChunkOutcome(name, "empty", 0, len(quarantine))
-    rows = converter.label_rows(samples, name)
-    label_table.commit_chunk(config.table_uri, rows, app_id=app_id, txn_version=0)
-    return ChunkOutcome(name, "committed", len(samples), len(quarantine), time.perf_counter() - started)
+        return ChunkOutcome(chunk.id, "empty", name, 0, len(quarantine))
+    rows = converter.label_rows(samples, chunk.id)
+    label_table.commit_chunk(config.table_uri, rows, app_id=chunk.app_id, txn_version=0)
+    return ChunkOutcome(chunk.id, "committed", name, len(samples), len(quarantine), time.perf_counter() - started)
 
 
 def summarize(labels: pa.Table) -> dict:
@@ -172,11 +203,20 @@ def convert_dataset(
     config: ConvertConfig, on_chunk: Callable[[ChunkOutcome], None] | None = None
 ) -> list[ChunkOutcome]:
     """Convert every chunk in order (the plain-Python twin of the flow), calling `on_chunk` after each."""
+    chunks = list_chunks(config)  # a dataset without shards fails before the models load
     label_table.create_or_open(config.table_uri)
     converter = Converter(config)
     outcomes = []
-    for shard in list_chunks(config.dataset_dir):
-        outcomes.append(convert_chunk(converter, shard))
+    for chunk in chunks:
+        outcomes.append(convert_chunk(converter, chunk))
         if on_chunk is not None:
             on_chunk(outcomes[-1])
     return outcomes
+
+
+def quarantined_by_dataset(outcomes: list[ChunkOutcome]) -> dict[str, int]:
+    """Samples quarantined per dataset (every dataset of the run, zero included)."""
+    counts: dict[str, int] = {}
+    for outcome in outcomes:
+        counts[outcome.dataset] = counts.get(outcome.dataset, 0) + outcome.quarantined
+    return counts

@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 import torch
 
 from hsmr_data import label_table
-from hsmr_data.conversion import list_chunks
+from hsmr_data.datasets import DatasetSpec
 from hsmr_data.filters import FilterConfig, clean_confidences
 from hsmr_data.hmr2_format import read_shards
 from hsmr_data.quarantine import Quarantine
@@ -92,8 +92,11 @@ class Bodies:
 
 
 def load_samples(dataset_dir: str, dataset: str) -> dict[str, PersonSample]:
-    """Every valid person of the dataset's shards by sample id (refused ones are simply absent)."""
-    return {s.sample_id: s for s in read_shards(list_chunks(dataset_dir), dataset, Quarantine())}
+    """Every valid person of the dataset's shards by sample id (refused ones are simply absent).
+
+    `dataset_dir`: a folder holding shards/*.tar, or any dataset SPEC (`hsmr_data.datasets`)."""
+    urls = DatasetSpec(dataset, dataset_dir).shard_urls()
+    return {s.sample_id: s for s in read_shards(urls, dataset, Quarantine())}
 
 
 def observed_keypoints(samples: list[PersonSample]) -> np.ndarray:

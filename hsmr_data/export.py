@@ -1,5 +1,13 @@
 """Training shards from one version of the label table: WebDataset tars of crops and SKEL labels.
 
+Two formats. The default, this project's (`FORMAT`), is described below. `--format hsmr`
+(`export_hsmr_tars`) writes instead what HSMR's own training code reads: HMR2.0's tar layout
+(`hmr2_format`: the image, `data.pyd` with every person of the image, `detection.npz` if the source
+has one) plus, per person, `orig_poses`/`flip_poses` (46), `orig_betas`/`flip_betas` (10),
+`orig_trans`/`flip_trans` (3), `orig_pve_max`/`flip_pve_max` and `orig_pve_mean`/`flip_pve_mean`,
+NaN where the person has no label that passed the filters (HSMR's loader reads NaN as "no label").
+Those shards go to out_dir/v{version}-hsmr/{dataset}/{000000..}.tar with a wids index.json.
+
 Which people go in (as HSMR's loader decides): every person of the source dataset shards whose label
 row passed the filters, with has_pose = has_betas = 1; and, with has_pose = has_betas = 0, those whose
 label was filtered out (or holds NaN) but whose keypoints are usable (`keypoints_ok`), because their
@@ -49,6 +57,7 @@ import hashlib
 import io
 import json
 import re
+import tarfile
 import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -63,19 +72,21 @@ from deltalake import DeltaTable
 from PIL import Image
 from webdataset import TarWriter
 
-from hsmr_data.hmr2_format import check_key, read_shards
+from hsmr_data.datasets import DatasetSpec
+from hsmr_data.hmr2_format import DATA_EXT, check_key, read_shards, write_shards
 from hsmr_data.label_table import read_labels
 from hsmr_data.quarantine import Quarantine
-from hsmr_data.records import PersonSample
+from hsmr_data.records import PersonSample, SkelLabel
 from hsmr_data.synthetic.world import CROP_SIZE
 from hsmr_model import flip
 from hsmr_model.pose_repr import q_to_target88
 
 FORMAT = "hsmr-train-shard/1"
+HSMR_FORMAT = "hmr2-tars-with-skel-labels/1"  # `export_hsmr_tars`
+FORMATS = {"pipeline": FORMAT, "hsmr": HSMR_FORMAT}  # --format → what the index records
 JPEG_QUALITY = 95
 _TAR_HEADER = {"mtime": 0, "user": "hsmr", "group": "hsmr", "mode": 0o444}
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # the earliest date a zip entry can hold: fixed, so npz bytes repeat
-_DATASET_NAME = re.compile(r"[A-Za-z0-9_-]+")  # a directory name and part of shard URLs
 _SHARD = "shard-{:06d}"
 _INDEX_FIELDS = ("nsamples", "filesize", "md5sum")  # what wids' own index tool records per shard
 
@@ -173,6 +184,8 @@ class LabelColumns:
     q: np.ndarray  # (N, 46)
     betas: np.ndarray  # (N, 10)
     trans: np.ndarray  # (N, 3)
+    pve_max: np.ndarray  # (N,) metres
+    pve_mean: np.ndarray  # (N,) metres
     passed: np.ndarray
     keypoints_ok: np.ndarray
     round: np.ndarray
@@ -191,6 +204,8 @@ class LabelColumns:
             q=matrix("q"),
             betas=matrix("betas"),
             trans=matrix("trans"),
+            pve_max=table["pve_max"].to_numpy(),
+            pve_mean=table["pve_mean"].to_numpy(),
             passed=table["passed"].to_numpy(),
             keypoints_ok=table["keypoints_ok"].to_numpy(),
             round=table["round"].to_numpy(),
@@ -238,7 +253,7 @@ def _choose(people: list[PersonSample], labels: LabelColumns, dataset: str, coun
     ]
 
 
-def _dataset_items(name: str, sources: list[Path], labels: LabelColumns, counts: ExportCounts) -> Iterator[_Item]:
+def _dataset_items(name: str, sources: list[str], labels: LabelColumns, counts: ExportCounts) -> Iterator[_Item]:
     """Every exported person of one dataset in export order; `counts` is complete once this is exhausted."""
     quarantine = Quarantine()
     seen: set[str] = set()
@@ -415,19 +430,16 @@ def _remove_stale(shard_dir: Path, count: int) -> None:
 
 
 # ------------------------------------------------------------------------------------------ export
-def source_shards(dataset_dir: str | Path) -> list[Path]:
-    """The source shards of a dataset directory (dataset_dir/shards/*.tar, as the synthetic world and the
-    converter lay them out), in name order."""
-    shards = sorted((Path(dataset_dir) / "shards").glob("*.tar"))
-    if not shards:
-        raise FileNotFoundError(f"no shards (*.tar) under {Path(dataset_dir) / 'shards'}")
-    return shards
-
-
-def _fingerprint(paths: Sequence[Path]) -> str:
-    """Names and sizes of the source shards: a cheap check that a listing was made from the same sources."""
-    text = "\n".join(f"{p.name}:{p.stat().st_size}" for p in paths)
+def _fingerprint(urls: Sequence[str]) -> str:
+    """Names and sizes of the source shards (the URL where there is no local file): a cheap check that a
+    listing was made from the same sources."""
+    text = "\n".join(f"{Path(url).name}:{Path(url).stat().st_size}" if Path(url).is_file() else url for url in urls)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _specs(dataset_dirs: dict[str, str]) -> list[DatasetSpec]:
+    """The datasets (name → SPEC: a folder holding shards/*.tar, a brace pattern, any URL) by name."""
+    return [DatasetSpec(name, str(dataset_dirs[name])) for name in sorted(dataset_dirs)]
 
 
 def export_shards(
@@ -439,20 +451,18 @@ def export_shards(
     maxsize: float = 3e8,
 ) -> ExportSummary:
     """Export the labels of table version `version` (default: the latest) and the people of `dataset_dirs`
-    (dataset name → directory holding shards/*.tar) as training shards under out_dir/v{version}."""
+    (dataset name → SPEC, see `hsmr_data.datasets`) as training shards under out_dir/v{version}."""
     if maxcount < 1 or maxsize <= 0:
         raise ValueError(f"maxcount must be >= 1 and maxsize > 0, got {maxcount} and {maxsize}")
-    bad = [name for name in dataset_dirs if not _DATASET_NAME.fullmatch(name)]
-    if bad:
-        raise ValueError(f"dataset names {bad} must be letters, digits, '-' or '_' (they name directories)")
+    specs = _specs(dataset_dirs)
     version = DeltaTable(table_uri).version() if version is None else version
     labels = LabelColumns.from_table(read_labels(table_uri, version=version))
     root = Path(out_dir) / f"v{version}"
     counts: dict[str, ExportCounts] = {}
     listings: dict[str, list[dict]] = {}
     written: list[Path] = []
-    for name in sorted(dataset_dirs):
-        sources = source_shards(dataset_dirs[name])
+    for spec in specs:
+        name, sources = spec.name, spec.shard_urls()
         params = {"format": FORMAT, "label_version": version, "dataset": name, "maxcount": maxcount}
         params |= {"maxsize": maxsize, "sources": _fingerprint(sources)}
         counts[name] = ExportCounts()
@@ -460,7 +470,19 @@ def export_shards(
         listings[name], new = _write_dataset(items, root / name, _ShardSpec(maxcount, maxsize, params))
         counts[name].exported = sum(listing["nsamples"] for listing in listings[name])
         written += new
-    index = _index(version, listings, counts)
+    return _summary(version, root, listings, counts, written, FORMAT)
+
+
+def _summary(
+    version: int,
+    root: Path,
+    listings: dict[str, list[dict]],
+    counts: dict[str, ExportCounts],
+    written: list[Path],
+    fmt: str,
+) -> ExportSummary:
+    """Write the index (last: an index means a finished export) and sum up."""
+    index = _index(version, listings, counts, fmt)
     _write_json(root / "index.json", index)
     return ExportSummary(
         label_version=version,
@@ -472,7 +494,88 @@ def export_shards(
     )
 
 
-def _index(version: int, listings: dict[str, list[dict]], counts: dict[str, ExportCounts]) -> dict[str, Any]:
+# ----------------------------------------------------------------------------- HSMR's own layout
+def export_hsmr_tars(
+    table_uri: str,
+    dataset_dirs: dict[str, str],
+    out_dir: str | Path,
+    version: int | None = None,
+    maxcount: int = 1000,
+    maxsize: float = 1e9,
+) -> ExportSummary:
+    """Export the source tars with the SKEL labels of table version `version` in HSMR's layout (see the
+    module docstring) under out_dir/v{version}-hsmr/{dataset}/; every run rewrites every shard.
+
+    Every readable person of the sources goes in (HSMR trains on the keypoints of the unlabelled ones
+    too); `maxcount` counts images, as HMR2.0's shards do.
+    """
+    specs = _specs(dataset_dirs)
+    version = DeltaTable(table_uri).version() if version is None else version
+    labels = LabelColumns.from_table(read_labels(table_uri, version=version))
+    root = Path(out_dir) / f"v{version}-hsmr"
+    counts: dict[str, ExportCounts] = {}
+    listings: dict[str, list[dict]] = {}
+    written: list[Path] = []
+    for spec in specs:
+        counts[spec.name] = ExportCounts()
+        people = _labelled_people(spec.name, spec.shard_urls(), labels, counts[spec.name])
+        folder = root / spec.name
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob("[0-9]" * 6 + ".tar"):  # left by an earlier export of more images
+            stale.unlink()
+        shards = write_shards(people, folder, maxcount=maxcount, maxsize=maxsize)
+        listings[spec.name] = [_tar_listing(shard) for shard in shards]
+        written += shards
+    return _summary(version, root, listings, counts, written, HSMR_FORMAT)
+
+
+def _labelled_people(
+    name: str, sources: list[str], labels: LabelColumns, counts: ExportCounts
+) -> Iterator[PersonSample]:
+    """The people of the sources in file order, each with its SKEL label and the mirrored one (NaN: no label)."""
+    quarantine = Quarantine()
+    seen: set[str] = set()
+    for person in read_shards(sources, name, quarantine):
+        seen.add(person.sample_id)
+        row = labels.row.get(person.sample_id)
+        if row is None or labels.dataset[row] != name:
+            counts.no_label += 1
+            row = None
+        elif not (labels.passed[row] and labels.finite(np.array([row]))[0]):
+            counts.keypoints_only += 1
+            row = None
+        else:
+            counts.with_label += 1
+        counts.exported += 1
+        person.skel, person.skel_flip = _skel_labels(labels, row)
+        yield person
+    counts.quarantined = len(quarantine)
+    labelled = {sample_id for sample_id, row in labels.row.items() if labels.dataset[row] == name}
+    counts.label_without_sample = len(labelled - seen)
+
+
+def _skel_labels(labels: LabelColumns, row: int | None) -> tuple[SkelLabel, SkelLabel]:
+    """The `orig_*` and `flip_*` labels of a label-table row; all NaN for None (HSMR's "no label")."""
+    if row is None:
+        nan = SkelLabel(np.full(46, np.nan), np.full(10, np.nan), np.full(3, np.nan), float("nan"), float("nan"))
+        return nan, nan
+    q, betas, trans = labels.q[row], labels.betas[row], labels.trans[row]
+    pve = {"pve_max": float(labels.pve_max[row]), "pve_mean": float(labels.pve_mean[row])}
+    flipped = SkelLabel(flip.flip_q(q), betas.copy(), flip.flip_trans(trans), **pve)
+    return SkelLabel(q, betas, trans, **pve), flipped
+
+
+def _tar_listing(shard: Path) -> dict[str, Any]:
+    """The wids index entry of a finished tar: its name, images (samples), size and MD5."""
+    data = shard.read_bytes()
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        images = sum(1 for name in tar.getnames() if name.endswith(f".{DATA_EXT}"))
+    return {"url": shard.name, "nsamples": images, "filesize": len(data), "md5sum": hashlib.md5(data).hexdigest()}
+
+
+def _index(
+    version: int, listings: dict[str, list[dict]], counts: dict[str, ExportCounts], fmt: str = FORMAT
+) -> dict[str, Any]:
     """The wids shard index (wids_version 1; shard URLs relative to the index) with the export's counts."""
     shardlist = [
         {"url": f"{name}/{listing['url']}", "dataset": name} | {k: listing[k] for k in _INDEX_FIELDS}
@@ -482,9 +585,9 @@ def _index(version: int, listings: dict[str, list[dict]], counts: dict[str, Expo
     return {
         "__kind__": "wids-shard-index-v1",
         "wids_version": 1,
-        "name": f"hsmr-labels-v{version}",
+        "name": f"hsmr-labels-v{version}" + ("" if fmt == FORMAT else "-hsmr"),
         "shardlist": shardlist,
-        "hsmr": {"format": FORMAT, "label_version": version, "counts": {n: asdict(c) for n, c in counts.items()}},
+        "hsmr": {"format": fmt, "label_version": version, "counts": {n: asdict(c) for n, c in counts.items()}},
     }
 
 

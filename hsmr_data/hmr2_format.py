@@ -1,8 +1,17 @@
 """HMR2.0 dataset formats: WebDataset training tars (with HSMR's SKEL-label keys) and evaluation .npz files.
 
-Training tars hold per image `{key}.jpg` and `{key}.data.pyd`, a pickled list with one dict per person
-(the HMR2.0 keys, see `person_to_dict`). Readers turn them into `PersonSample`s; writers turn
-`PersonSample`s back into files that HMR2.0's and HSMR's own loaders read.
+Training tars hold per image `{key}.jpg` (`.jpeg` and `.png` are read too), `{key}.data.pyd`, a
+pickled list with one dict per person (the HMR2.0 keys, see `person_to_dict`), and optionally
+`{key}.detection.npz` (masks, kept as they are). Entries are grouped into samples the way webdataset
+groups them: the key is the member name up to the first dot of its last path part, so folder names
+may hold dots (`coco-train-2014-pruned/000000/000000000036.jpg`). Readers turn them into
+`PersonSample`s; writers turn `PersonSample`s back into files that HMR2.0's and HSMR's own loaders read.
+
+What a person dict may look like, as HMR2.0's loader reads it: `body_pose` (72,) with the global
+orientation first and no `global_orient` key (what HMR2.0's tars hold and what we write), or
+`body_pose` (69,) with `global_orient` (3,) (the MOYO-style variant); `scale` (2,) or one number for a
+square box; `has_body_pose`/`has_betas` int, float or bool; `personid` absent means the person's index
+in the list. Shards are read as streams from any URL `hsmr_data.datasets.open_shard` opens.
 
 Input is untrusted. `data.pyd` is unpickled by a restricted unpickler that admits numpy arrays,
 dtypes and scalars only (plain containers and numbers are pickle opcodes and need no import), so a
@@ -37,20 +46,25 @@ from webdataset import ShardWriter
 from webdataset.shardlists import expand_urls
 from webdataset.tariterators import base_plus_ext
 
+from hsmr_data.datasets import open_shard
 from hsmr_data.quarantine import Quarantine
 from hsmr_data.records import PERSON_ARRAY_SHAPES, SKEL_LABEL_SHAPES, PersonSample, SkelLabel, sample_id
 from hsmr_model import skel_constants as C
 from hsmr_model.model_files import RestrictedUnpickler, write_npz_atomically
 
-IMAGE_EXT = "jpg"
+IMAGE_EXT = "jpg"  # what we write for a JPEG; a PNG is written as "png"
+IMAGE_EXTS = ("jpg", "jpeg", "png")  # what we read
 DATA_EXT = "data.pyd"
+DETECTION_EXT = "detection.npz"
 # Protocol 4 is what `pickle.dumps` writes by default on Python 3.8+, so HMR2.0's loader reads it.
 PICKLE_PROTOCOL = 4
 # Fixed tar header fields (uid and gid are 0 by default) make shards byte-identical across runs.
 _TAR_HEADER = {"mtime": 0, "user": "hsmr", "group": "hsmr", "mode": 0o444}
 _SKEL_PREFIXES = {"skel": "orig", "skel_flip": "flip"}  # PersonSample attribute -> key prefix
 _SKEL_SCALARS = ("pve_max", "pve_mean")
-_REQUIRED_KEYS = (*PERSON_ARRAY_SHAPES, "personid", "has_body_pose", "has_betas")
+_POSE_KEYS = ("body_pose", "global_orient")  # (72,) alone, or (69,) + (3,): see `_smpl_pose`
+_PLAIN_ARRAYS = {name: shape for name, shape in PERSON_ARRAY_SHAPES.items() if name not in (*_POSE_KEYS, "scale")}
+_REQUIRED_KEYS = (*_PLAIN_ARRAYS, "scale", "body_pose", "has_body_pose", "has_betas")
 _NUM_BODY_KEYPOINTS = 25  # OpenPose BODY_25; the other 19 of the 44 are the "extra" keypoints
 
 Report = Callable[[str, str], None]  # (key, reason) -> None
@@ -124,30 +138,40 @@ def _person_id(value: Any) -> int:
 
 
 def check_key(key: str) -> None:
-    """Refuse keys webdataset would mangle: it splits file names at the first dot into key and extension."""
-    if not key or "." in key:
-        raise ValueError(f"sample key {key!r} is empty or contains a dot (webdataset splits keys on dots)")
+    """Refuse keys webdataset would mangle: it splits a file name at the first dot of its last path part
+    into key and extension (dots in folder names are fine)."""
+    if not key or key.endswith("/") or "." in key.rsplit("/", 1)[-1]:
+        raise ValueError(
+            f"sample key {key!r} is empty or has a dot in its last path part (webdataset splits keys on dots)"
+        )
 
 
-def _check_jpeg(data: bytes) -> None:
+def image_ext(data: bytes) -> str:
+    """The entry name an encoded image is written under: "png" for a PNG, else "jpg"."""
+    return "png" if data.startswith(b"\x89PNG") else IMAGE_EXT
+
+
+def _check_image(data: bytes, ext: str = IMAGE_EXT) -> None:
     try:
         with Image.open(io.BytesIO(data)) as image:
-            # Draft mode decodes at 1/8 scale: the whole stream is still read, so damage still shows.
+            # Draft mode (JPEG only) decodes at 1/8 scale: the whole stream is still read, so damage still shows.
             image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
             image.load()
     except Exception as err:  # PIL reports bad data as OSError, SyntaxError, ValueError, DecompressionBombError...
-        raise InvalidSample(f"undecodable image '{IMAGE_EXT}' ({type(err).__name__}: {err})") from None
+        raise InvalidSample(f"undecodable image '{ext}' ({type(err).__name__}: {err})") from None
 
 
 # ------------------------------------------------------------------------------- person <-> dict
 def person_to_dict(sample: PersonSample) -> dict[str, Any]:
     """The `data.pyd` dict of one person: HMR2.0's keys, plus `orig_*`/`flip_*` for its SKEL labels.
 
-    keypoints_2d (44,3), keypoints_3d (44,4), center (2), scale (2), body_pose (69), global_orient (3),
-    betas (10), personid, has_body_pose, has_betas, extra_info; per label poses (46), betas (10),
-    trans (3), pve_max, pve_mean. Arrays go in as they are, so reading gives them back bit-exact.
+    keypoints_2d (44,3), keypoints_3d (44,4), center (2), scale (2), body_pose (72: the global
+    orientation, then the 23 body joints, as HMR2.0's tars hold it), betas (10), personid,
+    has_body_pose, has_betas, extra_info; per label poses (46), betas (10), trans (3), pve_max,
+    pve_mean. Arrays go in as they are, so reading gives them back bit-exact.
     """
-    person: dict[str, Any] = {name: getattr(sample, name) for name in PERSON_ARRAY_SHAPES}
+    person: dict[str, Any] = {name: getattr(sample, name) for name in (*_PLAIN_ARRAYS, "scale")}
+    person["body_pose"] = np.concatenate([sample.global_orient, sample.body_pose])
     person |= {
         "personid": sample.person_id,
         "has_body_pose": float(sample.has_body_pose),
@@ -162,10 +186,11 @@ def person_to_dict(sample: PersonSample) -> dict[str, Any]:
     return person
 
 
-def person_from_dict(raw: Any, key: str, dataset: str, image_jpeg: bytes, note: Report) -> PersonSample:
+def person_from_dict(raw: Any, key: str, dataset: str, image_jpeg: bytes, note: Report, index: int = 0) -> PersonSample:
     """Validate one `data.pyd` dict and build its `PersonSample`; raises `InvalidSample` naming the problem.
 
-    `extra_info` is optional (an empty dict when absent). A non-finite SKEL label becomes `None` and is
+    `extra_info` is optional (an empty dict when absent); so is `personid` (then `index`, the person's
+    place in the list, as HMR2.0 numbers them). A non-finite SKEL label becomes `None` and is
     reported through `note(sample_id, reason)`.
     """
     if not isinstance(raw, dict):
@@ -176,8 +201,10 @@ def person_from_dict(raw: Any, key: str, dataset: str, image_jpeg: bytes, note: 
     extra_info = raw.get("extra_info", {})
     if not isinstance(extra_info, dict):
         raise InvalidSample(f"extra_info is a {type(extra_info).__name__}, expected a dict")
-    person_id = _person_id(raw["personid"])
-    arrays = {name: _array(name, raw[name], shape) for name, shape in PERSON_ARRAY_SHAPES.items()}
+    person_id = _person_id(raw["personid"]) if "personid" in raw else index
+    arrays = {name: _array(name, raw[name], shape) for name, shape in _PLAIN_ARRAYS.items()}
+    arrays["global_orient"], arrays["body_pose"] = _smpl_pose(raw)
+    arrays["scale"] = _scale(raw["scale"])
     flags = {name: _number(name, raw[name], kinds="fiub") for name in ("has_body_pose", "has_betas")}
     labels = {}
     for attribute, prefix in _SKEL_PREFIXES.items():
@@ -196,6 +223,25 @@ def person_from_dict(raw: Any, key: str, dataset: str, image_jpeg: bytes, note: 
         extra_info=extra_info,
         **labels,
     )
+
+
+def _smpl_pose(raw: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """(global_orient (3,), body_pose (69,)) from `body_pose` (72,), or from (69,) + `global_orient`."""
+    if "global_orient" in raw:
+        return _array("global_orient", raw["global_orient"], (3,)), _array("body_pose", raw["body_pose"], (69,))
+    shape = np.shape(raw["body_pose"])
+    if shape != (72,):
+        raise InvalidSample(f"body_pose has shape {shape}, expected (72,) (or (69,) with a global_orient key)")
+    full = _array("body_pose", raw["body_pose"], (72,))
+    return full[:3], full[3:]
+
+
+def _scale(value: Any) -> np.ndarray:
+    """`scale` (2,); one number (a scalar or (1,)) is a square box and is used for both sides."""
+    scale = np.asarray(value)
+    if scale.shape in ((), (1,)):
+        scale = np.repeat(scale.reshape(1), 2)
+    return _array("scale", scale, (2,))
 
 
 def _skel_label(raw: dict[str, Any], prefix: str) -> SkelLabel | None:
@@ -220,19 +266,22 @@ def decode_image(
 ) -> Iterator[PersonSample]:
     """The people of one tar sample (`entries`: extension -> bytes), each validated.
 
-    A problem with the image as a whole (missing entry, undecodable jpg, unreadable or forbidden
+    A problem with the image as a whole (missing entry, undecodable image, unreadable or forbidden
     pickle) refuses it under `key`; a problem with one person refuses that person under its sample
-    id (or `key` when its personid is unreadable) and its image-mates still come.
+    id (or `key` when its personid is unreadable) and its image-mates still come. An unreadable
+    `detection.npz` (optional: masks) is dropped with a note; the people are kept.
     """
     try:
-        people = _people(entries)
+        image, people = _people(entries)
     except InvalidSample as err:
         refuse(key, str(err))
         return
+    detection = _detection(key, entries.get(DETECTION_EXT), note)
     seen: set[int] = set()
     for index, raw in enumerate(people):
         try:
-            sample = person_from_dict(raw, key, dataset, entries[IMAGE_EXT], note)
+            sample = person_from_dict(raw, key, dataset, image, note, index)
+            sample.detection_npz = detection
             if sample.person_id in seen:
                 raise InvalidSample(f"personid {sample.person_id} appears twice in this image")
         except InvalidSample as err:
@@ -242,18 +291,38 @@ def decode_image(
         yield sample
 
 
-def _people(entries: dict[str, bytes]) -> list[Any]:
-    missing = [ext for ext in (IMAGE_EXT, DATA_EXT) if ext not in entries]
+def _people(entries: dict[str, bytes]) -> tuple[bytes, list[Any]]:
+    """The image bytes and the list of person dicts of a sample."""
+    images = [ext for ext in IMAGE_EXTS if ext in entries]
+    if len(images) > 1:
+        raise InvalidSample(f"more than one image entry ({', '.join(images)})")
+    missing = ([] if images else ["/".join(IMAGE_EXTS)]) + ([] if DATA_EXT in entries else [DATA_EXT])
     if missing:
         raise InvalidSample(f"missing entry {', '.join(repr(ext) for ext in missing)}")
-    _check_jpeg(entries[IMAGE_EXT])
+    _check_image(entries[images[0]], images[0])
     people = unpickle_data(entries[DATA_EXT])
     if not isinstance(people, list) or not people:
         raise InvalidSample(f"{DATA_EXT} holds {type(people).__name__} {people!r:.60}, expected a non-empty list")
-    return people
+    return entries[images[0]], people
+
+
+def _detection(key: str, data: bytes | None, note: Report) -> bytes | None:
+    """The `detection.npz` bytes if they hold arrays numpy reads without pickle, else None (with a note)."""
+    if data is None:
+        return None
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+            for name in archive.files:
+                archive[name]
+    except Exception as err:  # a damaged zip or .npy fails in many ways (BadZipFile, ValueError, EOFError...)
+        note(key, f"{DETECTION_EXT} dropped: unreadable without pickle ({type(err).__name__}: {err})")
+        return None
+    return data
 
 
 def _person_problem(key: str, raw: Any, index: int, err: InvalidSample) -> tuple[str, str]:
+    if isinstance(raw, dict) and "personid" not in raw:
+        return sample_id(key, index), str(err)
     try:
         return sample_id(key, _person_id(raw["personid"])), str(err)
     except (InvalidSample, KeyError, TypeError):
@@ -266,20 +335,27 @@ def read_shards(
 ) -> Iterator[PersonSample]:
     """Every valid person in the shards, in file order; everything refused goes to `quarantine`.
 
-    `paths` are local tar files (plain or compressed), or one string with webdataset's brace
-    pattern (`"shards/{000000..000009}.tar"`). A damaged shard gives the samples before the damage,
-    one quarantine entry for the damage (the sample it hit is lost), and reading goes on with the next.
+    `paths` are shard URLs (local tar files, plain or compressed, `file:`, `pipe:`, http(s) or fsspec
+    URLs: see `hsmr_data.datasets`), or one string with webdataset's brace pattern
+    (`"shards/{000000..000009}.tar"`). A damaged shard gives the samples before the damage, one
+    quarantine entry for the damage (the sample it hit is lost), and reading goes on with the next.
+    A key that comes again (two images with one key) is refused, so sample ids stay unique.
     """
-    for path in _expand(paths):
-        for key, entries in _tar_samples(path, quarantine):
+    seen: set[str] = set()
+    for url in _expand(paths):
+        for key, entries in _tar_samples(url, quarantine):
+            if key in seen:
+                quarantine.add(url, key, "the key of an earlier sample: sample ids would not be unique")
+                continue
+            seen.add(key)
             yield from decode_image(
-                key, entries, dataset, refuse=partial(quarantine.add, path), note=partial(quarantine.note, path)
+                key, entries, dataset, refuse=partial(quarantine.add, url), note=partial(quarantine.note, url)
             )
 
 
-def _expand(paths: str | Path | Iterable[str | Path]) -> list[Path]:
+def _expand(paths: str | Path | Iterable[str | Path]) -> list[str]:
     items = [paths] if isinstance(paths, str | Path) else list(paths)
-    return [Path(url) for item in items for url in expand_urls(str(item))]
+    return [url for item in items for url in (expand_urls(item) if isinstance(item, str) else [str(item)])]
 
 
 @dataclass
@@ -289,7 +365,25 @@ class _Group:
     duplicates: list[str] = field(default_factory=list)
 
 
-def _tar_samples(path: Path, quarantine: Quarantine) -> Iterator[tuple[str, dict[str, bytes]]]:
+class _StrictTarInfo(tarfile.TarInfo):
+    """Makes a damaged or missing header an error: tarfile itself just ends the archive there.
+
+    Only the zero block of a whole archive (`EOFHeaderError`) ends it quietly. This works on streams
+    (pipes, HTTP), where the end of the archive cannot be checked by seeking back.
+    """
+
+    @classmethod
+    def fromtarfile(cls, tar: tarfile.TarFile) -> tarfile.TarInfo:
+        try:
+            return super().fromtarfile(tar)
+        except tarfile.EOFHeaderError:
+            raise
+        except tarfile.HeaderError as err:
+            problem = "no end-of-archive marker" if isinstance(err, tarfile.EmptyHeaderError) else str(err)
+            raise tarfile.ReadError(f"{problem} at byte {tar.offset}: truncated or corrupt header") from None
+
+
+def _tar_samples(url: str, quarantine: Quarantine) -> Iterator[tuple[str, dict[str, bytes]]]:
     """(key, {extension: bytes}) for each run of consecutive files with one key, as webdataset groups them.
 
     Damage inside a file's data loses the sample that file belongs to; damage at a header (where
@@ -298,13 +392,13 @@ def _tar_samples(path: Path, quarantine: Quarantine) -> Iterator[tuple[str, dict
     group: _Group | None = None
     reading: str | None = None  # the file whose data is being read when damage shows
     try:
-        with tarfile.open(path, "r:*") as tar:
+        with open_shard(url) as stream, tarfile.open(fileobj=stream, mode="r|*", tarinfo=_StrictTarInfo) as tar:
             for member in tar:
                 key, ext = base_plus_ext(member.name)
                 if not member.isfile() or key is None:
                     continue
                 if group is None or key != group.key:
-                    yield from _finished(path, group, quarantine)
+                    yield from _finished(url, group, quarantine)
                     group = _Group(key)
                 ext = ext.lower()  # webdataset lower-cases extensions too
                 if ext in group.entries:
@@ -312,33 +406,25 @@ def _tar_samples(path: Path, quarantine: Quarantine) -> Iterator[tuple[str, dict
                 reading = member.name
                 group.entries[ext] = tar.extractfile(member).read()
                 reading = None
-            _check_end_of_archive(tar)
-    except (tarfile.TarError, OSError, EOFError, zlib.error) as err:
+    except (tarfile.TarError, OSError, EOFError, ValueError, zlib.error) as err:
+        # ValueError: webdataset's gopen refuses a URL it cannot open (and some codecs report damage so).
         damage = f"unreadable shard ({type(err).__name__}: {err})"
         if reading is not None:
-            quarantine.add(path, group.key, f"{damage} in {reading}; this sample and the rest of the shard are lost")
+            quarantine.add(url, group.key, f"{damage} in {reading}; this sample and the rest of the shard are lost")
             return
-        yield from _finished(path, group, quarantine)
-        quarantine.add(path, None, f"{damage}; the rest of the shard is lost")
+        yield from _finished(url, group, quarantine)
+        quarantine.add(url, None, f"{damage}; the rest of the shard is lost")
         return
-    yield from _finished(path, group, quarantine)
+    yield from _finished(url, group, quarantine)
 
 
-def _finished(path: Path, group: _Group | None, quarantine: Quarantine) -> Iterator[tuple[str, dict[str, bytes]]]:
+def _finished(url: str, group: _Group | None, quarantine: Quarantine) -> Iterator[tuple[str, dict[str, bytes]]]:
     if group is None:
         return
     if group.duplicates:
-        quarantine.add(path, group.key, f"duplicate entries {', '.join(group.duplicates)}")
+        quarantine.add(url, group.key, f"duplicate entries {', '.join(group.duplicates)}")
     else:
         yield group.key, group.entries
-
-
-def _check_end_of_archive(tar: tarfile.TarFile) -> None:
-    # tarfile ends iteration silently at a truncated or corrupt header; a whole archive has a zero block there.
-    tar.fileobj.seek(tar.offset)
-    block = tar.fileobj.read(tarfile.BLOCKSIZE)
-    if len(block) != tarfile.BLOCKSIZE or block.count(0) != tarfile.BLOCKSIZE:
-        raise tarfile.ReadError(f"no end-of-archive marker at byte {tar.offset}: truncated or corrupt header")
 
 
 # ------------------------------------------------------------------------------------ tar writing
@@ -398,22 +484,35 @@ def _images(samples: Iterable[PersonSample]) -> Iterator[list[PersonSample]]:
 
 
 def encode_image(people: Sequence[PersonSample]) -> dict[str, Any]:
-    """The WebDataset sample of one image: `__key__`, `jpg` (the bytes as they are) and `data.pyd`.
+    """The WebDataset sample of one image: `__key__`, `jpg` or `png` (the bytes as they are), `data.pyd`
+    and, when the people have one, `detection.npz`.
 
     The encoded sample is read back through `decode_image`, so nothing the reader would refuse is written.
     """
-    key, image = people[0].key, people[0].image_jpeg
+    key, image, detection = people[0].key, people[0].image_jpeg, people[0].detection_npz
     check_key(key)
     for person in people:
-        if person.key != key or person.image_jpeg != image:
-            raise ValueError(f"{person.sample_id}: the people of one image must share its key and image bytes")
-    entries = {IMAGE_EXT: image, DATA_EXT: pickle.dumps([person_to_dict(p) for p in people], protocol=PICKLE_PROTOCOL)}
-    list(decode_image(key, entries, people[0].dataset, refuse=_raise, note=_raise))
+        if person.key != key or person.image_jpeg != image or person.detection_npz != detection:
+            raise ValueError(
+                f"{person.sample_id}: the people of one image must share its key, image and detection bytes"
+            )
+    entries = {
+        image_ext(image): image,
+        DATA_EXT: pickle.dumps([person_to_dict(p) for p in people], protocol=PICKLE_PROTOCOL),
+    }
+    if detection is not None:
+        entries[DETECTION_EXT] = detection
+    # A NaN SKEL label is how HSMR's tars say "no label": the reader notes it, the writer may write it.
+    list(decode_image(key, entries, people[0].dataset, refuse=_raise, note=_ignore))
     return {"__key__": key, **entries}
 
 
 def _raise(key: str, reason: str) -> None:
     raise ValueError(f"{key}: {reason}")
+
+
+def _ignore(key: str, reason: str) -> None:
+    pass
 
 
 # -------------------------------------------------------------------------------- evaluation .npz
@@ -552,7 +651,7 @@ def _eval_row(
         if not image_path.is_file():
             raise InvalidSample(f"image {image_path} not found")
         image = image_path.read_bytes()
-        _check_jpeg(image)
+        _check_image(image)
     return PersonSample(
         key=key,
         person_id=person_id,

@@ -31,10 +31,10 @@ class SkelLabel:
 class PersonSample:
     """One person: keypoints, crop, SMPL pseudo-GT, and the SKEL label once one exists."""
 
-    key: str  # the image's WebDataset `__key__` (no dots: webdataset splits keys on them)
+    key: str  # the image's WebDataset `__key__` (may hold folders; no dot after the last '/')
     person_id: int
     dataset: str
-    image_jpeg: bytes  # the encoded image the person is in (shared by the people of one image)
+    image_jpeg: bytes  # the encoded image (JPEG, or PNG) the person is in (shared by the people of one image)
     keypoints_2d: np.ndarray  # (44, 3) x, y in pixels, confidence
     keypoints_3d: np.ndarray  # (44, 4) x, y, z in metres, confidence
     center: np.ndarray  # (2,) crop centre, pixels
@@ -47,6 +47,7 @@ class PersonSample:
     extra_info: dict[str, Any] = field(default_factory=dict)
     skel: SkelLabel | None = None
     skel_flip: SkelLabel | None = None
+    detection_npz: bytes | None = None  # the image's HMR2.0 `detection.npz` (masks), kept as it is, if it has one
 
     @property
     def sample_id(self) -> str:

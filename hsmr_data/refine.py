@@ -61,7 +61,8 @@ import pyarrow.parquet as pq
 import torch
 
 from hsmr_data import label_table
-from hsmr_data.export import label_arrays, npz_arrays, npz_bytes, source_shards
+from hsmr_data.datasets import DatasetSpec
+from hsmr_data.export import label_arrays, npz_arrays, npz_bytes
 from hsmr_data.filters import FilterConfig, apply_filters, clean_confidences
 from hsmr_data.hmr2_format import read_shards
 from hsmr_data.quarantine import Quarantine
@@ -125,7 +126,7 @@ def read_source(dataset_dir: str | Path, dataset: str) -> SourceSamples:
     """Keypoints and SMPL pseudo-GT of every readable person in a dataset's shards (refused ones are skipped:
     conversion already reported them)."""
     ids, keypoints, orient, pose, betas = [], [], [], [], []
-    for person in read_shards(source_shards(dataset_dir), dataset, Quarantine()):
+    for person in read_shards(DatasetSpec(dataset, str(dataset_dir)).shard_urls(), dataset, Quarantine()):
         side = torch.as_tensor([float(np.max(person.scale)) * 200.0])
         normalised = camera.to_crop_coordinates(
             torch.as_tensor(person.keypoints_2d[None], dtype=torch.float32),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 
 import duckdb
@@ -136,22 +137,22 @@ def test_failing_chunk_is_retried_then_fails_the_run_and_a_rerun_completes_the_t
     prefect_api, flow_parameters, monkeypatch, tmp_path
 ):
     parameters = {**flow_parameters, "table_uri": str(tmp_path / "labels")}
-    broken = conversion.list_chunks(parameters["dataset_dir"])[1]
+    broken = conversion.list_chunks(ConvertConfig(parameters["dataset_dir"], parameters["table_uri"]))[1]
     attempts = []
     real_convert_chunk = conversion.convert_chunk
 
-    def convert_chunk_failing_on_one_shard(converter, shard):
-        if shard == broken:
-            attempts.append(shard)
+    def convert_chunk_failing_on_one_shard(converter, chunk):
+        if chunk == broken:
+            attempts.append(chunk)
             raise OSError("disk went away")
-        return real_convert_chunk(converter, shard)
+        return real_convert_chunk(converter, chunk)
 
     monkeypatch.setattr(conversion, "convert_chunk", convert_chunk_failing_on_one_shard)
     state = convert_smpl_to_skel(**parameters, return_state=True)
 
     assert state.is_failed()
     assert len(attempts) == 3  # the first try and two retries
-    with pytest.raises(RuntimeError, match=f"synth/{broken.stem}"):
+    with pytest.raises(RuntimeError, match=re.escape(broken.id)):
         state.result()
     assert label_table.read_labels(parameters["table_uri"]).num_rows == PEOPLE - PER_SHARD
 

@@ -23,6 +23,7 @@ from PIL import Image
 
 from hsmr_data import export
 from hsmr_data import label_table as lt
+from hsmr_data.datasets import DatasetSpec
 from hsmr_data.hmr2_format import read_shards, write_shards
 from hsmr_data.quarantine import Quarantine
 from hsmr_data.synthetic.world import SynthConfig, generate_dataset
@@ -69,7 +70,9 @@ def labels(table_uri) -> dict[str, dict]:
 
 @pytest.fixture(scope="module")
 def people(dataset_dir) -> dict[str, object]:
-    return {p.sample_id: p for p in read_shards(export.source_shards(dataset_dir), "synth", Quarantine())}
+    return {
+        p.sample_id: p for p in read_shards(DatasetSpec("synth", str(dataset_dir)).shard_urls(), "synth", Quarantine())
+    }
 
 
 def _export(table_uri, dataset_dir, out, **kwargs) -> export.ExportSummary:
