@@ -3,12 +3,31 @@ plugging in real SMPL/SKEL files (`hsmr models check`) and for the synthetic one
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from hsmr_model import skel_constants as C
-from hsmr_model.model_files import BodyModelPaths, read_keypoint_regressor
+from hsmr_model.model_files import SKEL_SOURCE_HINT, SMPL_SOURCE_HINT, BodyModelPaths, read_keypoint_regressor
 from hsmr_model.skel_layer import SKELLayer
 from hsmr_model.smpl_layer import build_smpl
+
+KEYPOINT_REGRESSOR_SOURCE = (
+    "built by `hsmr models keypoints --joints J_regressor_SKEL_mix_MALE.pkl --extra SMPL_to_J19.pkl "
+    "--out <models>/smpl` from HSMR's two pickles (https://huggingface.co/IsshikiHugh/HSMR-data_inputs, "
+    "body_models/)"
+)
+
+
+def missing_files(paths: BodyModelPaths) -> list[tuple[Path, str]]:
+    """Every model file that is not there, with where it comes from."""
+    sources = {
+        paths.smpl: SMPL_SOURCE_HINT,
+        paths.skel_male: SKEL_SOURCE_HINT,
+        paths.skel_female: SKEL_SOURCE_HINT,
+        paths.keypoint_regressor: KEYPOINT_REGRESSOR_SOURCE,
+    }
+    return [(Path(path), source) for path, source in sources.items() if not Path(path).is_file()]
 
 
 @torch.no_grad()

@@ -153,18 +153,24 @@ def _plain(value: Any) -> Any:
     return value.value if isinstance(value, ChumpyArray) else value
 
 
-def load_pickle_restricted(path: Path | str, hint: str = "") -> dict[str, Any]:
-    """Load a model pickle through `RestrictedUnpickler`; chumpy arrays come back as numpy arrays."""
+def load_object_restricted(path: Path | str, hint: str = "") -> Any:
+    """Whatever a pickle holds (a dict, an array, a sparse matrix), through `RestrictedUnpickler`."""
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(path, "file not found", hint)
     try:
         with path.open("rb") as handle:
-            data = RestrictedUnpickler(handle, encoding="latin1").load()
+            return _plain(RestrictedUnpickler(handle, encoding="latin1").load())
     except pickle.UnpicklingError as err:
         raise ModelFileError(path, f"unsafe or unreadable pickle ({err})", hint) from err
     except (EOFError, ValueError, TypeError, AttributeError, IndexError, ImportError) as err:
         raise ModelFileError(path, f"not a readable model pickle ({type(err).__name__}: {err})", hint) from err
+
+
+def load_pickle_restricted(path: Path | str, hint: str = "") -> dict[str, Any]:
+    """Load a model pickle through `RestrictedUnpickler`; chumpy arrays come back as numpy arrays."""
+    path = Path(path)
+    data = load_object_restricted(path, hint)
     if not isinstance(data, dict):
         raise ModelFileError(path, f"expected a pickled dict, found {type(data).__name__}", hint)
     return {key: _plain(value) for key, value in data.items()}
@@ -395,6 +401,17 @@ def write_keypoint_regressor(path: Path | str, matrix: sp.spmatrix) -> None:
         cols=coo.col.astype(np.int64),
         values=coo.data.astype(np.float64),
     )
+
+
+def read_regressor_pickle(path: Path | str, rows: int, num_vertices: int, hint: str = "") -> sp.csr_matrix:
+    """A pickled (rows, num_vertices) regressor, dense or scipy sparse, as HSMR and HMR2.0 ship them
+    (`J_regressor_SKEL_mix_MALE.pkl`, `SMPL_to_J19.pkl`; Python 2 era pickles read as latin1)."""
+    value = load_object_restricted(path, hint)
+    if not (sp.issparse(value) or isinstance(value, np.ndarray) and value.dtype.kind in "fiu"):
+        raise ModelFileError(
+            path, f"expected a pickled numeric array or scipy sparse matrix, found {type(value)}", hint
+        )
+    return _Check(Path(path), hint).sparse({"regressor": value}, "regressor", (rows, num_vertices), False)
 
 
 def write_npz_atomically(path: Path | str, **arrays: np.ndarray) -> None:

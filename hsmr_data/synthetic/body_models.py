@@ -6,7 +6,10 @@ From one procedural humanoid (`hsmr_data.synthetic.humanoid`) this writes:
   regressor as a scipy CSC matrix, like the official file, so the chumpy-free loader is
   exercised on exactly what a real user has;
 - `skel/skel_male.pkl`, `skel/skel_female.pkl`: the SKEL v1.1.1 layout with every official key;
-- `smpl/keypoint_regressor_44.npz`: the 44 dataset keypoints as a regressor on the skin.
+- `hsmr/J_regressor_SKEL_mix_MALE.pkl` (scipy sparse) and `hsmr/SMPL_to_J19.pkl` (a numpy array):
+  stand-ins of the two pickles HSMR's keypoints come from, in their formats;
+- `smpl/keypoint_regressor_44.npz`: the 44 dataset keypoints as a regressor on the skin, composed
+  from those two pickles exactly as `hsmr models keypoints` composes real ones.
 
 The synthetic SKEL rig. Each bone has an OpenSim-style frame (X forward, Y up, Z to the right
 in the anatomical pose) whose T-pose orientation in SMPL's frame is `bone_frames()`: the body
@@ -36,7 +39,8 @@ from scipy.spatial import cKDTree
 
 from hsmr_data.synthetic.humanoid import Humanoid, build_humanoid
 from hsmr_model import skel_constants as C
-from hsmr_model.model_files import SKEL_VERSION, BodyModelPaths, write_keypoint_regressor
+from hsmr_model.hsmr_keypoints import NUM_EXTRA, build_keypoint_regressor, keypoint_sources
+from hsmr_model.model_files import SKEL_VERSION, BodyModelPaths
 from hsmr_model.rotations import axis_angle_to_matrix
 from hsmr_model.skel_layer import bone_rest_orientation, bone_scales, local_offsets
 
@@ -268,7 +272,7 @@ def smpl_model_dict(humanoid: Humanoid) -> dict[str, Any]:
     }
 
 
-def write_pickle(data: dict[str, Any], path: Path, protocol: int = 2) -> None:
+def write_pickle(data: Any, path: Path, protocol: int = 2) -> None:
     """Write atomically (temporary name, then rename); protocol 2 by default, as the official files."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -278,11 +282,16 @@ def write_pickle(data: dict[str, Any], path: Path, protocol: int = 2) -> None:
 
 
 def write_synthetic_models(out_dir: Path | str, seed: int = 0) -> BodyModelPaths:
-    """Write the synthetic SMPL, SKEL (male, female) and keypoint-regressor files under `out_dir`."""
+    """Write the synthetic SMPL, SKEL (male, female), HSMR keypoint pickles and keypoint-regressor files
+    under `out_dir`."""
     paths = BodyModelPaths.from_root(out_dir)
     neutral = build_humanoid("neutral", seed=seed)
     write_pickle(smpl_model_dict(neutral), paths.smpl)
-    write_keypoint_regressor(paths.keypoint_regressor, neutral.keypoint_regressor)
+    # HSMR's 24 joints are SMPL's joints on the skin; the 19 extra keypoints are the humanoid's own.
+    joints, extra = keypoint_sources(out_dir)
+    write_pickle(sp.csc_matrix(neutral.smpl_joint_regressor), joints)
+    write_pickle(neutral.keypoint_regressor[C.NUM_KEYPOINTS - NUM_EXTRA :].toarray(), extra)
+    build_keypoint_regressor(joints, extra, paths.keypoint_regressor)
     for sex in ("male", "female"):
         rng = np.random.default_rng([seed, 1 if sex == "male" else 2])
         write_pickle(skel_model_dict(build_humanoid(sex, seed=seed), rng), paths.skel(sex))

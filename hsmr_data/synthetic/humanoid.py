@@ -4,8 +4,11 @@ Geometry: a coarse quad "box model" (a torso of stacked rings; legs, feet, arms,
 neck, head and nose grown by face extrusion), two Catmull–Clark steps, triangulation, and
 longest-edge splits up to exactly 6890 vertices and 13776 faces, SMPL's counts. The neutral
 body fixes the diagonals and the splits, so male, female and neutral share one topology, as
-SMPL and SKEL share theirs. Frame: SMPL's (metres, Y up, facing +Z, the subject's left at +X),
-T-pose, root-centred on the SMPL pelvis joint.
+SMPL and SKEL share theirs. Its vertex order puts the nose, eyes, ears, toes and heels at the
+vertex ids smplx's `vertex_ids['smplh']` names for them, so HSMR's keypoint recipe (smplx's vertex
+selector, `hsmr_model.hsmr_keypoints`) finds them on the synthetic skin as on SMPL's.
+Frame: SMPL's (metres, Y up, facing +Z, the subject's left at +X), T-pose, root-centred on the
+SMPL pelvis joint.
 
 Rigging: joints are placed at anatomical landmarks; every joint and keypoint regressor row is a
 non-negative, sum-to-one weighting of nearby skin vertices that reproduces its point exactly in
@@ -39,6 +42,7 @@ from hsmr_data.synthetic.mesh_ops import (
     vertex_normals,
 )
 from hsmr_model import skel_constants as C
+from hsmr_model.hsmr_keypoints import SMPLH_FACE_FEET_VERTICES
 
 X, Y, Z = np.eye(3)
 
@@ -230,7 +234,8 @@ class _Topology:
 
     use02: np.ndarray
     splits: tuple[tuple[int, int], ...]
-    faces: np.ndarray
+    faces: np.ndarray  # in the final vertex order
+    order: np.ndarray  # (6890,) final vertex i is vertex order[i] of the split surface
 
 
 def _subdivided(p: Proportions) -> tuple[np.ndarray, np.ndarray]:
@@ -240,19 +245,51 @@ def _subdivided(p: Proportions) -> tuple[np.ndarray, np.ndarray]:
     return vertices, quads
 
 
+# The design point of each smplh vertex id (the nose has none: it is the foremost head vertex).
+_SMPLH_POINTS = {
+    "reye": "eye_r", "leye": "eye_l", "rear": "ear_r", "lear": "ear_l",
+    "LBigToe": "big_toe_l", "LSmallToe": "small_toe_l", "LHeel": "heel_l",
+    "RBigToe": "big_toe_r", "RSmallToe": "small_toe_r", "RHeel": "heel_r",
+}  # fmt: skip
+
+
 @lru_cache(maxsize=1)
 def _topology() -> _Topology:
     vertices, quads = _subdivided(PROPORTIONS["neutral"])
     use02 = shorter_diagonals(vertices, quads)
-    _, faces, splits = split_longest_edges(vertices, triangulate(quads, use02), C.SMPL_NUM_VERTICES)
-    return _Topology(use02=use02, splits=tuple(splits), faces=faces)
+    surface, faces, splits = split_longest_edges(vertices, triangulate(quads, use02), C.SMPL_NUM_VERTICES)
+    placed, points = _placed(PROPORTIONS["neutral"], surface)
+    order = np.arange(len(surface))
+    for name, target in SMPLH_FACE_FEET_VERTICES:  # swap each landmark vertex to its smplh id
+        if name == "nose":
+            landmark = _nose_vertex(placed, points)
+        else:
+            landmark = int(np.argmin(np.linalg.norm(placed - points[_SMPLH_POINTS[name]], axis=1)))
+        here = int(np.flatnonzero(order == landmark)[0])
+        order[[target, here]] = order[[here, target]]
+    position = np.empty_like(order)
+    position[order] = np.arange(len(order))
+    return _Topology(use02=use02, splits=tuple(splits), faces=position[faces], order=order)
 
 
 def body_surface(p: Proportions) -> tuple[np.ndarray, np.ndarray]:
     """The closed genus-0 skin (6890 vertices, 13776 faces) in the cage frame, feet at y = 0."""
     topology = _topology()
     vertices, _ = _subdivided(p)
-    return replay_splits(vertices, list(topology.splits)), topology.faces
+    return replay_splits(vertices, list(topology.splits))[topology.order], topology.faces
+
+
+def _placed(p: Proportions, vertices: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Cage-frame vertices and the design points scaled to the body's height, the pelvis at the origin."""
+    scale = p.height / np.ptp(vertices[:, 1])
+    origin = design_points(p)["pelvis"] * scale
+    return vertices * scale - origin, {name: q * scale - origin for name, q in design_points(p).items()}
+
+
+def _nose_vertex(vertices: np.ndarray, points: dict[str, np.ndarray]) -> int:
+    """The foremost (+Z) vertex of the head."""
+    head = vertices[:, 1] > points["neck"][1] + 0.05
+    return int(np.flatnonzero(head)[np.argmax(vertices[head, 2])])
 
 
 # ---------------------------------------------------------------------------------- regressors
@@ -442,9 +479,8 @@ PART_NAMES = C.BONE_NAMES  # each vertex belongs to the SKEL bone it hangs on
 
 def _keypoint_rows(vertices: np.ndarray, points: dict[str, np.ndarray], smpl_rows: np.ndarray) -> np.ndarray:
     smpl = {name: smpl_rows[i] for i, name in enumerate(C.SMPL_JOINT_NAMES)}
-    head = vertices[:, 1] > points["neck"][1] + 0.05
     nose = np.zeros(len(vertices))
-    nose[np.flatnonzero(head)[np.argmax(vertices[head, 2])]] = 1.0
+    nose[_nose_vertex(vertices, points)] = 1.0
     surface = {name: _nearest_row(vertices, points[name]) for name in (
         "eye_r", "eye_l", "ear_r", "ear_l", "big_toe_l", "small_toe_l", "heel_l",
         "big_toe_r", "small_toe_r", "heel_r", "top")}  # fmt: skip
@@ -472,10 +508,7 @@ def build_humanoid(sex: Literal["neutral", "male", "female"] = "neutral", seed: 
         raise ValueError(f"sex must be one of {sorted(PROPORTIONS)}, got {sex!r}")
     proportions = PROPORTIONS[sex]
     vertices, faces = body_surface(proportions)
-    scale = proportions.height / np.ptp(vertices[:, 1])
-    origin = design_points(proportions)["pelvis"] * scale
-    vertices = vertices * scale - origin
-    points = {name: p * scale - origin for name, p in design_points(proportions).items()}
+    vertices, points = _placed(proportions, vertices)
 
     smpl_joints = np.stack([points[n] for n in SMPL_JOINT_POINTS])
     skel_joints = np.stack([points[n] for n in SKEL_JOINT_POINTS])
