@@ -261,3 +261,41 @@ def test_earlier_table_version(table_uri, dataset_dir, tmp_path):
     assert old.counts["synth"] == export.ExportCounts(exported=3, with_label=2, keypoints_only=1, no_label=3)
     got = {s["sample_id"]: s["label_version"] for s in export.iter_training_samples(old.index)}
     assert got == {sample_id: 1 for sample_id in IDS[:3]}
+
+
+def test_hsmr_layout_reads_back_with_plain_webdataset(table_uri, dataset_dir, labels, people, tmp_path):
+    summary = export.export_hsmr_tars(table_uri, {"synth": str(dataset_dir)}, tmp_path, maxcount=4)
+    assert Path(summary.out_dir).name == "v2-hsmr"
+    assert summary.counts == {
+        "synth": export.ExportCounts(exported=6, with_label=2, keypoints_only=3, no_label=1, label_without_sample=1)
+    }
+    index = json.loads(Path(summary.index).read_text())
+    assert index["hsmr"]["format"] == export.HSMR_FORMAT
+    assert [entry["nsamples"] for entry in index["shardlist"]] == [4, 2]
+
+    # As HSMR's training code reads them: webdataset's default decoding unpickles data.pyd.
+    read = list(wds.WebDataset(summary.shards, shardshuffle=False).decode())
+    assert [set(sample) - {"__url__", "__local_path__"} for sample in read] == [{"__key__", "jpg", "data.pyd"}] * 6
+    shapes = {"poses": (46,), "betas": (10,), "trans": (3,), "pve_max": (), "pve_mean": ()}
+    seen = []
+    for sample in read:
+        for person_id, person in enumerate(sample["data.pyd"]):
+            sample_id = f"{sample['__key__']}_{person_id}"
+            seen.append(sample_id)
+            source = people[sample_id]
+            assert "global_orient" not in person and person["body_pose"].shape == (72,)
+            np.testing.assert_array_equal(person["body_pose"][:3], source.global_orient)
+            assert sample["jpg"] == source.image_jpeg
+            for prefix in ("orig", "flip"):
+                assert {name: np.shape(person[f"{prefix}_{name}"]) for name in shapes} == shapes
+            np.testing.assert_array_equal(person["flip_poses"], flip.flip_q(person["orig_poses"]))
+            np.testing.assert_array_equal(person["flip_trans"], flip.flip_trans(person["orig_trans"]))
+            np.testing.assert_array_equal(person["flip_betas"], person["orig_betas"])
+            assert person["flip_pve_max"] == person["orig_pve_max"] or np.isnan(person["orig_pve_max"])
+            if sample_id in (IDS[0], IDS[1]):
+                np.testing.assert_allclose(person["orig_poses"], labels[sample_id]["q"], rtol=1e-6)
+                np.testing.assert_allclose(person["orig_trans"], labels[sample_id]["trans"], rtol=1e-6)
+                assert person["orig_pve_max"] == pytest.approx(labels[sample_id]["pve_max"])
+            else:  # filtered out or no row: NaN, HSMR's "no label"
+                assert all(np.isnan(person[f"{p}_{n}"]).all() for p in ("orig", "flip") for n in shapes)
+    assert sorted(seen) == sorted(people)
