@@ -36,6 +36,8 @@ test: setup
 
 models: setup
 	$(BIN)/hsmr models synth --out $(MODELS)
+	$(BIN)/hsmr models keypoints --joints $(MODELS)/hsmr/J_regressor_SKEL_mix_MALE.pkl \
+		--extra $(MODELS)/hsmr/SMPL_to_J19.pkl --out $(MODELS)/smpl
 
 # The whole pipeline on the synthetic default (flows/pipeline.py): bodies rendered, the dataset made
 # once (kept while its manifest exists), then convert, export, train with in-loop SKELify, a

@@ -240,3 +240,19 @@ def test_two_datasets_by_brace_pattern_and_pipe_convert_completely_and_resume(hm
     again = conversion.convert_dataset(config)  # resume is keyed by the shard URL: nothing is redone
     assert [o.status for o in again] == ["skipped"] * 4
     assert label_table.read_labels(config.table_uri).num_rows == labels.num_rows
+
+
+def test_convert_command_line_takes_name_spec_datasets_and_the_plain_folder():
+    from hsmr_data.cli import build_parser, dataset_arguments
+
+    parser = build_parser()
+    args = parser.parse_args(
+        ["convert", "--dataset", "coco=/d/{0..1}.tar", "--dataset", "m=pipe:cat x", "--table", "t"]
+    )
+    assert dataset_arguments(args) == (None, ["coco=/d/{0..1}.tar", "m=pipe:cat x"])
+    args = parser.parse_args(["convert", "--dataset-dir", "d", "--dataset", "legacy", "--table", "t"])
+    assert dataset_arguments(args) == ("d", []) and args.dataset_name == "legacy"
+    with pytest.raises(SystemExit, match="a bare NAME only names --dataset-dir"):
+        dataset_arguments(parser.parse_args(["convert", "--dataset", "coco", "--table", "t"]))
+    with pytest.raises(SystemExit, match="give --dataset NAME=SPEC"):
+        dataset_arguments(parser.parse_args(["convert", "--table", "t"]))
