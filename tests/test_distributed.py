@@ -71,3 +71,26 @@ def test_two_gloo_processes_match_one_process_and_resume(index, model_paths, tmp
     assert one["step"] == two["step"]
     # Every sample either process saw is in the one predictions file the main process wrote.
     assert Path(two["predictions"]).exists()
+
+
+@pytest.mark.slow
+def test_the_train_flow_launches_two_processes_and_tracks_them(prefect_api, index, model_paths, tmp_path):  # noqa: F811
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    from flows.train import train_hsmr
+
+    models = str(model_paths.smpl.parent.parent)
+    state = train_hsmr(
+        [index], str(tmp_path / "run"), models_root=models, steps=2, batch_size=2, device="cpu", nproc=2,
+        return_state=True,
+    )  # fmt: skip
+    assert state.is_completed(), state
+    assert state.result()["step"] == 2 and (tmp_path / "run" / CHECKPOINT).is_file()
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id]))
+        )
+    by_type = {artifact.type: artifact for artifact in artifacts}
+    assert by_type["progress"].data == 100.0  # followed from the processes' metrics file
+    assert {row["step"] for row in json.loads(by_type["table"].data)} == {2}
