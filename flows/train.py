@@ -99,7 +99,7 @@ def train_hsmr(
         update_progress_artifact(progress, 100.0 * record["step"] / steps)
         logger.info("step %d loss %.4f (%.1f images/s)", record["step"], record["loss"], record["images_per_s"])
 
-    result = train_run.launch(spec, nproc, on_log=on_log) if nproc > 1 else train_run.run(spec, on_log=on_log)
+    result = train_run.train(spec, nproc, on_log=on_log)
     rows = [{k: round(v, 5) if isinstance(v, float) else v for k, v in record.items()} for record in curve]
     if rows:
         create_table_artifact(rows, key=artifact_key("train", out_dir), description=f"losses of {out_dir}")

@@ -191,10 +191,7 @@ def _train(args: argparse.Namespace) -> int:
             bar.update(record["step"] - bar.n)
             bar.set_postfix(loss=f"{record['loss']:.4f}")
 
-        if args.nproc > 1:
-            result = train_run.launch(spec, args.nproc, on_log=on_log)
-        else:
-            result = train_run.run(spec, on_log=on_log)
+        result = train_run.train(spec, args.nproc, on_log=on_log)
     print(json.dumps(result, indent=2))
     return 0
 

@@ -45,6 +45,14 @@ class TrainingRun:
     refinement: InTrainingRefinement | None = None
 
 
+def train(spec: TrainingRun, nproc: int = 1, on_log: Callable[[dict], None] | None = None) -> dict[str, Any]:
+    """The front doors' entry: `nproc` > 1 launches torchrun, unless this process already is one of its ranks
+    (`torchrun ... -m hsmr_data.cli train`), which then trains as its rank."""
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return launch(spec, nproc, on_log=on_log)
+    return run(spec, on_log=on_log)
+
+
 def run(spec: TrainingRun, on_log: Callable[[dict], None] | None = None) -> dict[str, Any]:
     """Train (resuming from the run folder's checkpoint) and return the result with the refinement rounds."""
     trainer = Trainer(spec.train)
