@@ -21,14 +21,14 @@ export PREFECT_HOME ?= $(CURDIR)/storage/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
 
-.PHONY: setup test demo bodies bench lint models convert dashboard refine-round server serve clean
+.PHONY: setup test demo bodies bench lint models convert dashboard refine-round server serve deploy worker clean
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,dask]'
 	touch $(STAMP)
 
 test: setup
@@ -71,6 +71,15 @@ server: setup
 
 serve: setup
 	PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api $(BIN)/python -m flows.serve
+
+# Beyond `serve`: every flow deployed to a `process` work pool, and a worker that runs what it queues
+# (PREFECT_API_URL defaults to `make server`'s; each worker machine runs `make worker`).
+POOL ?= hsmr
+deploy: setup
+	PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:$(PREFECT_PORT)/api} $(BIN)/python -m flows.deploy --pool $(POOL)
+
+worker: setup
+	PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:$(PREFECT_PORT)/api} $(BIN)/prefect worker start --pool $(POOL)
 
 bench: models
 	$(BIN)/python bench/bench_body_models.py --models $(MODELS) --out storage/bench/body_models.json

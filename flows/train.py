@@ -1,8 +1,10 @@
 """The `train-hsmr` flow: train the HSMR network on exported shards, resuming from the last checkpoint.
 
-Thin wiring around `hsmr_data.training.Trainer`: a progress artifact as steps go by, the loss curve
-and throughput as a table artifact at the end. A run started again on the same out_dir continues
-from its checkpoint (the Trainer's own resume), so retries and restarts never start over.
+Thin wiring around `hsmr_data.train_run`: a progress artifact as steps go by, the loss curve and
+throughput as a table artifact at the end. A run started again on the same out_dir continues from its
+checkpoint (the Trainer's own resume), so retries and restarts never start over. With `nproc` > 1 the
+flow launches a DDP run under torchrun (one process per GPU, gloo processes on a CPU) and follows its
+metrics for the artifacts.
 
     python -m flows.train                        # the demo's export, a tiny network on the CPU
     python -m flows.train --index storage/shards/v1/index.json --out storage/runs/tiny --steps 300
@@ -13,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,10 @@ from prefect.artifacts import create_progress_artifact, create_table_artifact, u
 
 from flows.refine import refine_config
 from flows.settings import artifact_key
+from hsmr_data import train_run
 from hsmr_data.cli import add_train_arguments
-from hsmr_data.refine import RefineCallback, Refiner
-from hsmr_data.training import TrainConfig, Trainer
+from hsmr_data.train_run import InTrainingRefinement, TrainingRun
+from hsmr_data.training import TrainConfig
 
 FLOW_NAME = "train-hsmr"
 DEFAULT_SHARDS = "storage/shards"
@@ -53,6 +55,8 @@ def train_hsmr(
     checkpoint_every: int = 100,
     device: str = "auto",
     seed: int = 0,
+    loader_workers: int = 0,
+    nproc: int = 1,
     refine_every: int = 0,
     refine_warmup: int = 5000,
     refine_latest: int = 18_000,
@@ -63,6 +67,7 @@ def train_hsmr(
 
     With `refine_every` > 0, SKELify refines the labels of `table_uri` inside training (HSMR: after
     5000 steps, every 230 steps, on the latest 18,000 predictions) and training reads the new labels.
+    `nproc` > 1: DDP in that many processes; `batch_size` is the global batch, split evenly over them.
     """
     config = TrainConfig(
         indexes=tuple(indexes or [latest_index()]),
@@ -77,10 +82,15 @@ def train_hsmr(
         checkpoint_every=checkpoint_every,
         device=device,
         seed=seed,
+        loader_workers=loader_workers,
     )
+    refinement = None
+    if refine_every > 0:
+        refine = refine_config(table_uri, dataset_dir, models_root=models_root, device=device, latest=refine_latest)
+        refinement = InTrainingRefinement(refine, warmup=refine_warmup, every=refine_every)
+    spec = TrainingRun(config, refinement)
     logger = get_run_logger()
-    trainer = Trainer(config)
-    logger.info("training a %s network on %s for %d steps, device %s", size, config.indexes, steps, trainer.device)
+    logger.info("training a %s network on %s for %d steps in %d process(es)", size, config.indexes, steps, nproc)
     progress = create_progress_artifact(0.0, description=f"{FLOW_NAME} steps done of {steps}")
     curve: list[dict] = []
 
@@ -89,21 +99,11 @@ def train_hsmr(
         update_progress_artifact(progress, 100.0 * record["step"] / steps)
         logger.info("step %d loss %.4f (%.1f images/s)", record["step"], record["loss"], record["images_per_s"])
 
-    refinement = None
-    if refine_every > 0:
-        refiner = Refiner(
-            refine_config(table_uri, dataset_dir, models_root=models_root, device=device, latest=refine_latest)
-        )
-        refinement = RefineCallback(trainer, refiner, warmup=refine_warmup, every=refine_every)
-    result = trainer.run(on_log=on_log, on_step=refinement)
+    result = train_run.train(spec, nproc, on_log=on_log)
     rows = [{k: round(v, 5) if isinstance(v, float) else v for k, v in record.items()} for record in curve]
     if rows:
         create_table_artifact(rows, key=artifact_key("train", out_dir), description=f"losses of {out_dir}")
-    rounds = [
-        {"round": r.round, "status": r.status, "stats": r.stats_path}
-        for r in (refinement.results if refinement else [])
-    ]
-    return json.loads(json.dumps({**asdict(result), "refinement_rounds": rounds}))
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         lr=args.lr,
         checkpoint_every=args.checkpoint_every,
         device=args.device,
+        loader_workers=args.loader_workers,
+        nproc=args.nproc,
     )
     print(json.dumps(report, indent=2))
     return 0

@@ -194,7 +194,8 @@ def _export(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from hsmr_data.training import TrainConfig, Trainer
+    from hsmr_data import train_run
+    from hsmr_data.training import TrainConfig
 
     config = TrainConfig(
         indexes=tuple(args.index),
@@ -208,16 +209,17 @@ def _train(args: argparse.Namespace) -> int:
         lr=args.lr,
         checkpoint_every=args.checkpoint_every,
         device=args.device,
+        loader_workers=args.loader_workers,
     )
-    trainer = Trainer(config)
+    spec = train_run.TrainingRun(config)
     with tqdm(total=config.steps, unit="step", desc="train") as bar:
 
         def on_log(record: dict) -> None:
             bar.update(record["step"] - bar.n)
             bar.set_postfix(loss=f"{record['loss']:.4f}")
 
-        result = trainer.run(on_log=on_log)
-    print(json.dumps(asdict(result), indent=2))
+        result = train_run.train(spec, args.nproc, on_log=on_log)
+    print(json.dumps(result, indent=2))
     return 0
 
 
@@ -272,6 +274,10 @@ def add_train_arguments(parser: argparse.ArgumentParser, index_required: bool, d
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--checkpoint-every", type=int, default=100)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--loader-workers", type=int, default=0, help="data-loading processes per training process")
+    parser.add_argument(
+        "--nproc", type=int, default=1, help="DDP processes under torchrun (one per GPU; gloo on a CPU); 1: no DDP"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -72,6 +72,7 @@ REFINE_APP_ID = "hsmr-refine"
 _ROUND_KEY = "hsmr.round"
 _APP_ID_KEY = "hsmr.app_id"
 _MERGE_ON = "t.sample_id = s.sample_id"
+MAX_BACKOFF_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -245,8 +246,9 @@ def _commit(
         except CommitFailedError:
             if attempt >= max_attempts:
                 raise
-            # Jitter, so that writers that collided do not collide again in lockstep.
-            time.sleep(random.uniform(0, 0.05 * 2**attempt))
+            # Exponential backoff with jitter, so that writers that collided do not collide again in
+            # lockstep; capped, since a commit takes well under a second.
+            time.sleep(random.uniform(0, min(MAX_BACKOFF_S, 0.05 * 2**attempt)))
             attempt += 1
 
 

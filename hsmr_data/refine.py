@@ -33,15 +33,17 @@ used the same predictions, in which case there is nothing to do. So a round kill
 reruns as the same k, one killed after it is recognised as done, and k is committed exactly once.
 
 Inside training (`RefineCallback`): after a warm-up of W steps, every K steps a round runs on the
-Trainer's in-memory predictions. "Training reads the updated labels" means: the Trainer's shard
-datasets are wrapped so that every sample read afterwards whose label a round replaced carries the
-label the table holds now (q, β, trans, their 88-D and mirrored forms, has_pose and has_betas from
-the row's filter verdict, as an export of that table version would), without re-exporting shards.
-Limits of this design: it needs loader_workers = 0 (spawned workers keep the datasets they started
-with); only samples in the export can get labels (one filtered out of the export stays out until the
-next export); and a training run resumed from a checkpoint reads the labels as the table holds them
-at resume, including rounds committed after that checkpoint, so the bit-exact resume of training does
-not extend across refinement rounds.
+Trainer's predictions (gathered from every rank under DDP, the round run and committed by the main
+process). "Training reads the updated labels" means: after a committed round the main process
+announces the table version (`TableLabels`, a JSON file in the run folder), and every batch built
+from the next step on, in the training processes and in their loader workers alike, carries for each
+sample a round replaced the label the table holds at that version (q, β, trans, their 88-D and
+mirrored forms, has_pose and has_betas from the row's filter verdict, as an export of that version
+would), without re-exporting shards. A batch a worker built before the announcement is rebuilt by
+the Trainer. Limits: only samples in the export can get labels (one filtered out of the export stays
+out until the next export); and a training run resumed from a checkpoint reads the labels as the
+table holds them at resume, including rounds committed after that checkpoint, so the bit-exact resume
+of training does not extend across refinement rounds.
 """
 
 from __future__ import annotations
@@ -62,11 +64,10 @@ import torch
 
 from hsmr_data import label_table
 from hsmr_data.datasets import DatasetSpec
-from hsmr_data.export import label_arrays, npz_arrays, npz_bytes
+from hsmr_data.export import label_arrays
 from hsmr_data.filters import FilterConfig, apply_filters, clean_confidences
 from hsmr_data.hmr2_format import read_shards
 from hsmr_data.quarantine import Quarantine
-from hsmr_data.train_data import ShardDataset
 from hsmr_model import camera
 from hsmr_model.model_files import BodyModelPaths, read_keypoint_regressor
 from hsmr_model.regressor import VertexRegressor
@@ -440,19 +441,48 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 # ---------------------------------------------------------------------------------------- training
-class RelabelledShards(ShardDataset):
-    """An exported dataset whose samples carry the labels of `overlay` (sample id → npz arrays) where it has one."""
+class TableLabels:
+    """The refined labels of the label table at the version the trainer announces: `LabelOverrides` for
+    `TrainingBatches`, read where batches are built, so loader workers follow refinement rounds too.
 
-    def __init__(self, dataset: ShardDataset, overlay: dict[str, dict[str, np.ndarray]]):
-        super().__init__(dataset.name, dataset.members)
-        self.overlay = overlay
+    The announcement is a small JSON file ({"table_uri", "version"}) that the main training process
+    rewrites atomically after each committed round. Every `current()` call checks it (one stat), and a
+    changed announcement makes this process, whichever it is, read the table at the announced version.
+    """
 
-    def read(self, position: int) -> dict[str, bytes]:
-        entries = super().read(position)
-        labels = self.overlay.get(json.loads(entries["json"])["sample_id"])
-        if labels is not None:
-            entries["npz"] = npz_bytes({**npz_arrays(entries["npz"]), **labels})
-        return entries
+    def __init__(self, announcement: str | Path):
+        self.announcement = Path(announcement)
+        self._seen: tuple[int, int, int] | None = None
+        self._version: int | None = None
+        self._labels: dict[str, dict[str, np.ndarray]] = {}
+
+    @staticmethod
+    def announce(announcement: str | Path, table_uri: str, version: int) -> None:
+        """Tell every reader of `announcement` to train on `table_uri`'s labels as of `version`."""
+        path = Path(announcement)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps({"table_uri": table_uri, "version": version}))
+        tmp.replace(path)
+
+    def current(self) -> tuple[int | None, dict[str, dict[str, np.ndarray]]]:
+        try:
+            stat = self.announcement.stat()
+        except FileNotFoundError:
+            return self._version, self._labels
+        seen = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        if seen != self._seen:
+            announced = json.loads(self.announcement.read_text())
+            labels = label_table.read_labels(announced["table_uri"], version=announced["version"])
+            self._labels, self._version, self._seen = refined_label_arrays(labels), announced["version"], seen
+        return self._version, self._labels
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A loader worker reads the table itself rather than receiving the parent's copy of the labels.
+        return {"announcement": self.announcement}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["announcement"])
 
 
 def refined_label_arrays(labels: pa.Table) -> dict[str, dict[str, np.ndarray]]:
@@ -477,30 +507,38 @@ def refined_label_arrays(labels: pa.Table) -> dict[str, dict[str, np.ndarray]]:
 class RefineCallback:
     """`Trainer.run(on_step=...)`: a refinement round every `every` steps after `warmup` (rounds at steps
     warmup + every, warmup + 2·every, ...), on the latest `refiner.config.latest` predictions; the Trainer's
-    datasets read the labels the table holds (see the module docstring)."""
+    batches then carry the labels the table holds (see the module docstring).
+
+    Under DDP every rank calls it at the same step: the predictions of all ranks are gathered, the main
+    process runs the round and commits it, announces the new table version, and every rank (and each of
+    its loader workers) trains on the new labels from the next step.
+    """
+
+    ANNOUNCEMENT = "labels.json"  # in the run's out_dir
 
     def __init__(self, trainer, refiner: Refiner, warmup: int = 5000, every: int = 230):
-        if trainer.config.loader_workers:
-            raise ValueError(
-                "refinement inside training needs loader_workers=0: workers keep the datasets they start with"
-            )
         if every < 1:
             raise ValueError(f"every must be at least 1, got {every}")
         self.refiner, self.warmup, self.every = refiner, warmup, every
         self.results: list[RoundResult] = []
-        self.overlay: dict[str, dict[str, np.ndarray]] = {}
-        datasets = trainer.batches.datasets
-        datasets[:] = [RelabelledShards(d, self.overlay) for d in datasets]
+        self.announcement = Path(trainer.out_dir) / self.ANNOUNCEMENT
+        self.group = trainer.group
+        trainer.batches.overrides = TableLabels(self.announcement)
         self.refresh()
 
     def refresh(self) -> None:
-        """Load the table's refined labels into the datasets' overlay."""
-        self.overlay.update(refined_label_arrays(label_table.read_labels(self.refiner.config.table_uri)))
+        """Announce the table's current version: batches built from now on carry its refined labels."""
+        if self.group.is_main:
+            uri = self.refiner.config.table_uri
+            TableLabels.announce(self.announcement, uri, label_table.create_or_open(uri).version())
+        self.group.barrier()
 
     def __call__(self, trainer, step: int) -> None:
         if step <= self.warmup or (step - self.warmup) % self.every:
             return
-        result = refine_round(self.refiner, predictions_table(trainer.predictions))
-        self.results.append(result)
-        if result.status == "committed":
+        trainer.collect_predictions()
+        if self.group.is_main:
+            self.results.append(refine_round(self.refiner, predictions_table(trainer.predictions)))
+        committed = self.group.gather(self.group.is_main and self.results[-1].status == "committed")[0]
+        if committed:
             self.refresh()

@@ -15,8 +15,10 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -174,21 +176,48 @@ def augment_sample(arrays: dict[str, np.ndarray], image: Image.Image, rng: np.ra
     return np.clip(pixels, 0, 1).transpose(2, 0, 1), labels, {"flipped": flipped, "rotation_deg": degrees}
 
 
-class TrainingBatches(torch.utils.data.Dataset):
-    """Item `step` is the whole batch of that step, so a DataLoader's workers build batches in parallel."""
+class LabelOverrides(Protocol):
+    """Labels that replace the exported ones (e.g. refined labels from the label table) while training runs."""
 
-    def __init__(self, datasets: list[ShardDataset], sampler: MixedSampler, augment: AugmentConfig):
+    def current(self) -> tuple[int | None, Mapping[str, Mapping[str, np.ndarray]]]:
+        """(the label version in force, sample id → the npz arrays that replace the exported ones)."""
+        ...
+
+
+class TrainingBatches(torch.utils.data.Dataset):
+    """Item `step` is the whole batch of that step, so a DataLoader's workers build batches in parallel.
+
+    `slots`: the share of each global batch this process trains on (its rank's slice under DDP); a
+    sample's augmentation is drawn from its slot in the global batch, so the shares of all ranks
+    together are exactly the one-process batch. `overrides`: labels that replace the exported ones,
+    read where the batch is built (in a loader worker too); the batch records their version.
+    """
+
+    def __init__(
+        self,
+        datasets: list[ShardDataset],
+        sampler: MixedSampler,
+        augment: AugmentConfig,
+        slots: slice = slice(None),
+        overrides: LabelOverrides | None = None,
+    ):
         self.datasets, self.sampler, self.augment = datasets, sampler, augment
+        self.slots, self.overrides = slots, overrides
 
     def __len__(self) -> int:
         return 2**62  # indexed by step; the training loop decides when to stop
 
+    def labels_version(self) -> int | None:
+        return self.overrides.current()[0] if self.overrides is not None else None
+
     def __getitem__(self, step: int) -> dict:
         images, labels, meta = [], [], []
-        for slot, (dataset, position) in enumerate(self.sampler.batch(step)):
+        version, replaced = self.overrides.current() if self.overrides is not None else (None, {})
+        drawn = list(enumerate(self.sampler.batch(step)))
+        for slot, (dataset, position) in drawn[self.slots]:
             entries = self.datasets[dataset].read(position)
-            arrays = npz_arrays(entries["npz"])
             info = json.loads(entries["json"])
+            arrays = {**npz_arrays(entries["npz"]), **replaced.get(info["sample_id"], {})}
             rng = np.random.default_rng([self.sampler.seed, step, slot, 1])
             image = Image.open(io.BytesIO(entries["jpg"])).convert("RGB")
             pixels, sample_labels, applied = augment_sample(arrays, image, rng, self.augment)
@@ -201,6 +230,7 @@ class TrainingBatches(torch.utils.data.Dataset):
         batch["images"] = torch.as_tensor(np.stack(images))
         batch["meta"] = meta
         batch["step"] = step
+        batch["labels_version"] = version
         return batch
 
 

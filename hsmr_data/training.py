@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from hsmr_data import distributed
 from hsmr_data.train_data import AugmentConfig, MixedSampler, ShardDataset, TrainingBatches, unaugment_q
 from hsmr_model.losses import LossTargets, LossWeights, hsmr_loss, predicted_keypoints
 from hsmr_model.model_files import BodyModelPaths, read_keypoint_regressor
@@ -87,11 +88,18 @@ class Trainer:
     def __init__(self, config: TrainConfig):
         self.config = config
         self.out_dir = Path(config.out_dir)
-        self.device = resolve_device(config.device)
+        device = resolve_device(config.device)
+        # Under torchrun this process is one rank of a DDP run (see hsmr_data.distributed), else the only one.
+        self.group = distributed.join(device)
+        self.device = self.group.device(device)
         torch.manual_seed(config.seed)
         self.model = HSMRNetwork(network_config(config.size, config.pose_target)).to(self.device)
         if config.vitpose_checkpoint:
             load_vitpose_backbone(self.model.backbone, config.vitpose_checkpoint)
+        self.forward = self.model
+        if self.group.distributed:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.forward = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.amp_dtype, use_scaler = _amp(self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
@@ -103,13 +111,21 @@ class Trainer:
         datasets = [ShardDataset.from_index(path) for path in config.indexes]
         weights = config.weights or (1.0,) * len(datasets)
         sampler = MixedSampler([len(d) for d in datasets], list(weights), config.batch_size, config.seed)
-        self.batches = TrainingBatches(datasets, sampler, config.augment)
+        self.batches = TrainingBatches(datasets, sampler, config.augment, slots=self.group.slice(config.batch_size))
         self.step = 0
         self.predictions: dict[str, dict] = {}
 
     # -------------------------------------------------------------------------------- checkpoints
     def save(self) -> Path:
-        """Write the checkpoint atomically (a crash mid-write leaves the previous one) and the predictions."""
+        """Write the checkpoint atomically (a crash mid-write leaves the previous one) and the predictions.
+
+        Every rank calls it; the main process writes, the others wait until it has.
+        """
+        path = self.out_dir / CHECKPOINT
+        self.collect_predictions()
+        if not self.group.is_main:
+            self.group.barrier()
+            return path
         self.out_dir.mkdir(parents=True, exist_ok=True)
         state = {
             "model": self.model.state_dict(),
@@ -119,12 +135,26 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "config": json.loads(json.dumps(asdict(self.config), default=str)),
         }
-        path = self.out_dir / CHECKPOINT
         tmp = path.with_suffix(".tmp")
         torch.save(state, tmp)
         os.replace(tmp, path)
         self._write_predictions()
+        self.group.barrier()
         return path
+
+    def collect_predictions(self) -> None:
+        """Bring every rank's new predictions to the main process (the others hand theirs over and forget
+        them); a sample predicted on two ranks keeps its later prediction."""
+        if not self.group.distributed:
+            return
+        shares = self.group.gather({} if self.group.is_main else self.predictions)
+        if not self.group.is_main:
+            self.predictions = {}
+            return
+        for share in shares[1:]:
+            for sample_id, row in share.items():
+                if sample_id not in self.predictions or row["step"] >= self.predictions[sample_id]["step"]:
+                    self.predictions[sample_id] = row
 
     def resume(self) -> int:
         """Continue from the checkpoint in out_dir if there is one; returns the step resumed from (0 if none)."""
@@ -138,7 +168,7 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
         self.step = int(state["step"])
         predictions = self.out_dir / "predictions.parquet"
-        if predictions.exists():
+        if predictions.exists() and self.group.is_main:
             self.predictions = {row["sample_id"]: row for row in pq.read_table(predictions).to_pylist()}
         return self.step
 
@@ -164,7 +194,7 @@ class Trainer:
             keypoints_2d=batch["keypoints_2d"].to(self.device),
         )
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            output = self.model(images)
+            output = self.forward(images)
         # The body model and losses stay in float32: rotations and small keypoint offsets need it.
         output_q, output_betas = output.q.float(), output.betas.float()
         keypoints_3d, keypoints_2d = predicted_keypoints(
@@ -174,7 +204,9 @@ class Trainer:
             output.bone_rotations.float(), output_betas, keypoints_3d, keypoints_2d, targets, self.config.loss_weights
         )
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(total).backward()
+        # The loss sums over samples, DDP averages gradients over ranks: scaling by the world size makes
+        # the gradient that of the loss over the whole (global) batch, as in a one-process run.
+        self.scaler.scale(total * self.group.world_size).backward()
         self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.scaler.step(self.optimizer)
@@ -206,6 +238,8 @@ class Trainer:
         """Train until config.steps (or `stop_after` more steps), checkpointing every checkpoint_every.
 
         `on_step(trainer, step)` runs after each step and its checkpoint (e.g. `refine.RefineCallback`).
+        Under DDP every rank runs this loop; the logged losses are those of the global batch and
+        `on_log` is called in the main process only.
         """
         resumed_from = self.resume()
         end = self.config.steps if stop_after is None else min(self.config.steps, self.step + stop_after)
@@ -220,15 +254,19 @@ class Trainer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         losses, started, images = {}, time.perf_counter(), 0
         for batch in loader:
+            if batch["labels_version"] != self.batches.labels_version():
+                batch = self.batches[batch["step"]]  # built by a worker before new labels were announced
             losses = self.train_step(batch)
             self.step += 1
-            images += len(batch["meta"])
+            images += len(batch["meta"]) * self.group.world_size
             if self.step % self.config.log_every == 0 or self.step == end:
+                losses = {name: value * self.group.world_size for name, value in self.group.mean(losses).items()}
                 record = {"step": self.step, **losses, "images_per_s": images / (time.perf_counter() - started)}
-                with metrics_path.open("a") as handle:
-                    handle.write(json.dumps(record) + "\n")
-                if on_log is not None:
-                    on_log(record)
+                if self.group.is_main:
+                    with metrics_path.open("a") as handle:
+                        handle.write(json.dumps(record) + "\n")
+                    if on_log is not None:
+                        on_log(record)
             if self.step % self.config.checkpoint_every == 0 or self.step == end:
                 self.save()
             if on_step is not None:

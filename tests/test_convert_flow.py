@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable
 
-from flows.convert import build_task_runner, convert_smpl_to_skel
+from flows.convert import convert_smpl_to_skel
 from flows.settings import unset_defaults
 from hsmr_data import conversion, label_table
 from hsmr_data.conversion import ConvertConfig
@@ -160,18 +159,6 @@ def test_failing_chunk_is_retried_then_fails_the_run_and_a_rerun_completes_the_t
     report = convert_smpl_to_skel(**parameters)
     assert report["chunks"] == {"committed": 1, "skipped": PEOPLE // PER_SHARD - 1, "empty": 0, "failed": 0}
     assert label_table.read_labels(parameters["table_uri"]).num_rows == PEOPLE
-
-
-def test_dask_runner_without_prefect_dask_names_the_package_to_install():
-    if importlib.util.find_spec("prefect_dask") is not None:
-        pytest.skip("prefect-dask is installed here")
-    with pytest.raises(RuntimeError, match="pip install prefect-dask"):
-        build_task_runner("dask")
-
-
-def test_unknown_runner_is_refused():
-    with pytest.raises(ValueError, match="'threads' or 'dask'"):
-        build_task_runner("processes")
 
 
 def test_local_prefect_settings_leave_what_the_user_set():

@@ -261,14 +261,16 @@ def _commit_chunks(uri: str, chunks: list[int], barrier) -> None:
 @pytest.mark.slow
 def test_concurrent_writers_never_duplicate_or_drop_rows(uri):
     chunks = list(range(6))
-    barrier = SPAWN.Barrier(2)
-    # Same chunks in opposite orders, on a table neither has created yet.
-    writers = [SPAWN.Process(target=_commit_chunks, args=(uri, order, barrier)) for order in (chunks, chunks[::-1])]
+    # Four writers, the same chunks in different orders, on a table none has created yet: every commit
+    # races the others for the same log version.
+    orders = [chunks, chunks[::-1], chunks[2:] + chunks[:2], chunks[4:] + chunks[:4]]
+    barrier = SPAWN.Barrier(len(orders))
+    writers = [SPAWN.Process(target=_commit_chunks, args=(uri, order, barrier)) for order in orders]
     for writer in writers:
         writer.start()
     for writer in writers:
-        writer.join(timeout=120)
-    assert [writer.exitcode for writer in writers] == [0, 0]
+        writer.join(timeout=240)
+    assert [writer.exitcode for writer in writers] == [0] * len(orders)
 
     ids = lt.read_labels(uri)["sample_id"].to_pylist()
     assert len(ids) == len(set(ids)) == 6 * 20

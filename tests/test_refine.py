@@ -18,8 +18,9 @@ from flows.refine import refine_round_flow
 from hsmr_data import cli, conversion, export, refine
 from hsmr_data import label_table as lt
 from hsmr_data.conversion import ConvertConfig
-from hsmr_data.refine import Decision, RefineCallback, RefineConfig, Refiner
+from hsmr_data.refine import Decision, RefineCallback, RefineConfig, Refiner, TableLabels
 from hsmr_data.synthetic.world import SynthConfig, generate_dataset
+from hsmr_data.train_data import AugmentConfig, MixedSampler, ShardDataset, TrainingBatches
 from hsmr_data.training import TrainConfig, Trainer
 from hsmr_data.truth_report import label_errors
 from hsmr_model.flip import flip_q
@@ -252,22 +253,57 @@ def test_training_refines_and_reads_the_updated_labels(world, model_paths, tmp_p
     assert callback.results[0].stats["predictions"] == 4
     assert refine.latest_round(table) == 1
 
-    # A label replaced by a round reaches the batches without a new export.
+    # A label replaced by a round reaches the batches without a new export, the mirrored label too.
+    target, better = _replace_first_label(table, round=2)
+    callback.refresh()
+    version = lt.create_or_open(table).version()
+    unaugmented = TrainingBatches(trainer.batches.datasets, trainer.batches.sampler, AugmentConfig.off(),
+                                  overrides=trainer.batches.overrides)  # fmt: skip
+    batch = next(b for b in map(unaugmented.__getitem__, range(50)) if _slot_of(b, target) is not None)
+    assert batch["labels_version"] == version
+    slot = _slot_of(batch, target)
+    assert np.allclose(batch["q"][slot].numpy(), better["q"], atol=1e-6)
+    assert batch["has_pose"][slot] == float(better["passed"])
+    mirrored = TrainingBatches(unaugmented.datasets, unaugmented.sampler, replace(AugmentConfig.off(), flip_p=1.0),
+                               overrides=trainer.batches.overrides)[batch["step"]]  # fmt: skip
+    assert np.allclose(mirrored["q"][slot].numpy(), flip_q(np.array([better["q"]]))[0], atol=1e-6)
+
+
+def _replace_first_label(table: str, round: int) -> tuple[str, dict]:
+    """Commit a refinement round that gives the first sample a new q (a better error): its id and the row."""
     labels = lt.read_labels(table).to_pylist()
-    target = labels[0]["sample_id"]
     better = {**{k: v for k, v in labels[0].items() if k not in lt.COMMIT_COLUMNS}, "kp2d_err": 0.0}
     better["q"] = [value + 0.01 for value in better["q"]]
-    lt.commit_round(table, lt.validate_rows(pa.Table.from_pylist([better], schema=lt.INPUT_SCHEMA)), 2)
-    callback.refresh()
-    dataset = trainer.batches.datasets[0]
-    position = next(i for i in range(len(dataset)) if json.loads(dataset.read(i)["json"])["sample_id"] == target)
-    arrays = export.npz_arrays(dataset.read(position)["npz"])
-    assert np.allclose(arrays["q"], better["q"], atol=1e-6)
-    assert arrays["has_pose"] == float(better["passed"])
-    assert np.allclose(arrays["q_flip"], flip_q(np.array([better["q"]]))[0], atol=1e-6)  # the mirrored label too
+    lt.commit_round(table, lt.validate_rows(pa.Table.from_pylist([better], schema=lt.INPUT_SCHEMA)), round)
+    return labels[0]["sample_id"], better
 
-    with pytest.raises(ValueError, match="loader_workers=0"):
-        RefineCallback(Trainer(replace(config, loader_workers=1)), refiner)
+
+def _slot_of(batch: dict, sample_id: str) -> int | None:
+    return next((i for i, info in enumerate(batch["meta"]) if info["sample_id"] == sample_id), None)
+
+
+@pytest.mark.slow
+def test_a_loader_worker_reads_a_label_replaced_after_it_started(world, tmp_path):
+    table = _table(world, tmp_path)
+    index = export.export_shards(table, {"synth": str(world["root"] / "synth")}, tmp_path / "shards", maxcount=4).index
+    dataset = ShardDataset.from_index(index)
+    announcement = tmp_path / "run" / RefineCallback.ANNOUNCEMENT
+    TableLabels.announce(announcement, table, lt.create_or_open(table).version())
+    batches = TrainingBatches([dataset], MixedSampler([len(dataset)], [1.0], 64), AugmentConfig.off(),
+                              overrides=TableLabels(announcement))  # fmt: skip
+    loader = torch.utils.data.DataLoader(batches, batch_size=None, sampler=range(40), num_workers=1,
+                                         multiprocessing_context="spawn", prefetch_factor=2)  # fmt: skip
+    steps = iter(loader)
+    first = next(steps)  # the worker is running and has read the table as announced
+    assert first["labels_version"] == lt.create_or_open(table).version()
+
+    target, better = _replace_first_label(table, round=1)
+    replaced_version = lt.create_or_open(table).version()
+    TableLabels.announce(announcement, table, replaced_version)
+    later = [batch for batch in steps if batch["labels_version"] == replaced_version]
+    assert len(later) >= 35  # all but the batches the worker had built ahead before the announcement
+    slot = _slot_of(later[0], target)
+    assert np.allclose(later[0]["q"][slot].numpy(), better["q"], atol=1e-6)
 
 
 # -------------------------------------------------------------------------------------------- flow

@@ -1,0 +1,160 @@
+"""One training run, with SKELify refining labels inside it if asked: in this process, or in N under torchrun.
+
+`run(spec)` trains in the calling process (or in each torchrun rank that calls it). `launch(spec, nproc)`
+writes the spec to `{out_dir}/run.json`, starts `torchrun -m hsmr_data.train_run {out_dir}/run.json`
+(one process per GPU, or gloo processes on the CPU) and follows `metrics.jsonl` while it trains; the main
+rank writes the result to `{out_dir}/result.json`. `hsmr train --nproc N` and the train-hsmr flow's
+`nproc` parameter both launch this way, so every front door trains through the same code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from hsmr_data import distributed
+from hsmr_data.refine import RefineCallback, RefineConfig, Refiner
+from hsmr_data.training import TrainConfig, Trainer
+
+RUN_FILE = "run.json"
+RESULT_FILE = "result.json"
+
+
+@dataclass(frozen=True)
+class InTrainingRefinement:
+    """HSMR's schedule: a round on the latest `config.latest` predictions every `every` steps after `warmup`."""
+
+    config: RefineConfig
+    warmup: int = 5000
+    every: int = 230
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    train: TrainConfig
+    refinement: InTrainingRefinement | None = None
+
+
+def train(spec: TrainingRun, nproc: int = 1, on_log: Callable[[dict], None] | None = None) -> dict[str, Any]:
+    """The front doors' entry: `nproc` > 1 launches torchrun, unless this process already is one of its ranks
+    (`torchrun ... -m hsmr_data.cli train`), which then trains as its rank."""
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return launch(spec, nproc, on_log=on_log)
+    return run(spec, on_log=on_log)
+
+
+def run(spec: TrainingRun, on_log: Callable[[dict], None] | None = None) -> dict[str, Any]:
+    """Train (resuming from the run folder's checkpoint) and return the result with the refinement rounds."""
+    trainer = Trainer(spec.train)
+    callback = None
+    if spec.refinement is not None:
+        refinement = spec.refinement
+        callback = RefineCallback(trainer, Refiner(refinement.config), warmup=refinement.warmup, every=refinement.every)
+    result = trainer.run(on_log=on_log, on_step=callback)
+    rounds = [
+        {"round": r.round, "status": r.status, "stats": r.stats_path} for r in (callback.results if callback else [])
+    ]
+    report = json.loads(json.dumps({**asdict(result), "refinement_rounds": rounds}))
+    if trainer.group.is_main:
+        write_json(Path(spec.train.out_dir) / RESULT_FILE, report)
+    return report
+
+
+def launch(
+    spec: TrainingRun, nproc: int, on_log: Callable[[dict], None] | None = None, poll_s: float = 1.0
+) -> dict[str, Any]:
+    """Train in `nproc` processes under torchrun; `on_log` sees each new metrics record as it is written.
+
+    Raises RuntimeError with the tail of the processes' log if the run fails.
+    """
+    out_dir = Path(spec.train.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run_file, result_file, log_file = out_dir / RUN_FILE, out_dir / RESULT_FILE, out_dir / "torchrun.log"
+    write_json(run_file, to_dict(spec))
+    result_file.unlink(missing_ok=True)
+    metrics = MetricsFollower(out_dir / "metrics.jsonl")
+    with log_file.open("a") as log:
+        process = distributed.launch(nproc, __name__, [str(run_file)], stdout=log, stderr=subprocess.STDOUT)
+        while process.poll() is None:
+            time.sleep(poll_s)
+            metrics.follow(on_log)
+    metrics.follow(on_log)
+    if process.returncode != 0 or not result_file.exists():
+        tail = log_file.read_text()[-4000:]
+        raise RuntimeError(f"torchrun with {nproc} processes exited with {process.returncode}; its log ends:\n{tail}")
+    return json.loads(result_file.read_text())
+
+
+class MetricsFollower:
+    """Reads the records appended to a metrics.jsonl since the last call (complete lines only)."""
+
+    def __init__(self, path: Path):
+        self.path, self.offset = path, path.stat().st_size if path.exists() else 0
+
+    def follow(self, on_record: Callable[[dict], None] | None) -> None:
+        if not self.path.exists():
+            return
+        with self.path.open("rb") as handle:
+            handle.seek(self.offset)
+            data = handle.read()
+        complete = data[: data.rfind(b"\n") + 1]
+        self.offset += len(complete)
+        for line in complete.splitlines():
+            if on_record is not None and line.strip():
+                on_record(json.loads(line))
+
+
+# ------------------------------------------------------------------------------ the run file (JSON)
+def to_dict(spec: Any) -> Any:
+    """A dataclass (nested dataclasses, tuples, mappings) as JSON-able data; `from_dict` reads it back."""
+    return json.loads(json.dumps(asdict(spec)))
+
+
+def from_dict(cls: Any, data: Any) -> Any:
+    """`data` (as `to_dict` wrote it) as an instance of the type `cls`, recursing through its fields' types."""
+    origin, arguments = typing.get_origin(cls), typing.get_args(cls)
+    if dataclasses.is_dataclass(cls):
+        hints = typing.get_type_hints(cls)
+        return cls(**{f.name: from_dict(hints[f.name], data[f.name]) for f in dataclasses.fields(cls) if f.init})
+    if origin in (typing.Union, types.UnionType):
+        if data is None:
+            return None
+        return from_dict(next(a for a in arguments if a is not type(None)), data)
+    if origin is tuple:
+        item = arguments[0]
+        return tuple(from_dict(item, value) for value in data)
+    if origin in (dict, Mapping):
+        return {key: from_dict(arguments[1], value) for key, value in data.items()}
+    return data
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write atomically: readers polling the file never see half of it."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """torchrun's entry point: `python -m hsmr_data.train_run RUN_DIR/run.json` in every rank."""
+    run_file = Path((argv if argv is not None else sys.argv[1:])[0])
+    spec = from_dict(TrainingRun, json.loads(run_file.read_text()))
+    try:
+        run(spec)
+    finally:
+        distributed.leave()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
