@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 from dataclasses import replace
 
 import numpy as np
@@ -297,7 +298,9 @@ def test_flow_runs_a_round_and_publishes_its_statistics(prefect_api, world, tmp_
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id]))
         )
     by_type = {artifact.type: artifact for artifact in artifacts}
-    assert set(by_type) == {"table", "markdown"}
+    assert set(by_type) == {"table", "markdown", "link"}
+    page = Path(table + "-dashboard.html")  # rewritten after the committed round, linked from the run
+    assert by_type["link"].data == page.resolve().as_uri() and 'data-round="1"' in page.read_text()
     assert by_type["table"].key == "refine-labels-round-stats"
     assert "replaced" in by_type["markdown"].data
     assert refine_round_flow(**parameters)["status"] == "skipped"  # a rerun: the same predictions are done
