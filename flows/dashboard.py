@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from flows.settings import artifact_key
-from hsmr_data.dashboard import DashboardConfig, summary_markdown, write_dashboard
+from hsmr_data.dashboard import DashboardConfig, LiveDashboard, page_next_to, summary_markdown, write_dashboard
 
 FLOW_NAME = "label-dashboard"
 DEFAULT_TABLE = "storage/labels/synth"
@@ -57,6 +57,33 @@ def publish(summary: dict[str, Any], page: Path) -> None:
     create_table_artifact(rows, key=f"{key}-rounds", description=f"label quality per round of {summary['table_uri']}")
     markdown = summary_markdown(summary) + f"\nThe page (open it in a browser): `{page.resolve()}`\n"
     create_markdown_artifact(markdown, key=key, description="label-quality dashboard")
+    link_page(page, summary["table_uri"])
+
+
+def live_page(
+    flow_name: str, table_uri: str, dataset_dir: str | None, models_root: str, page_path: str | None = None
+) -> LiveDashboard | None:
+    """The dashboard a flow keeps current while it commits to `table_uri`: at `page_path`, or next to a
+    local table (`page_next_to`); None where there is nowhere to write (a remote table, no path given).
+    The flow run links the page in the UI."""
+    from prefect.runtime import flow_run
+
+    page = Path(page_path) if page_path else page_next_to(table_uri)
+    if page is None:
+        return None
+    config = DashboardConfig(table_uri, dataset_dir or None, models_root, run=f"{flow_name} run '{flow_run.name}'")
+    link_page(page, table_uri)
+    return LiveDashboard(config, page)
+
+
+def link_page(page: Path, table_uri: str) -> None:
+    """A link artifact to the dashboard page, from every flow run that writes or rewrites it."""
+    create_link_artifact(
+        page.resolve().as_uri(),
+        link_text=f"label dashboard of {table_uri}",
+        key=artifact_key("dashboard-link", table_uri),
+        description="the label-quality page (a local file: open it from the machine that ran the flow)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

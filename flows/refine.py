@@ -21,6 +21,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from flows.dashboard import live_page
 from flows.settings import artifact_key
 from hsmr_data import refine
 from hsmr_data.refine import RefineConfig, Refiner, RoundResult
@@ -91,10 +92,14 @@ def refine_round_flow(
     steps: int = REFINER_STAGES[0].steps,
     max_iter: int = SkelifyConfig.max_iter,
     round: int | None = None,
+    dashboard: bool = True,
+    dashboard_path: str | None = None,
 ) -> dict[str, Any]:
     """Refine the labels of `table_uri` with SKELify from the latest `latest` predictions; `round` None: the next.
 
-    Returns the round, its status ("committed" or "skipped"), where its statistics are, and the statistics.
+    With `dashboard`, a committed round rewrites the label dashboard (`dashboard_path`, by default
+    `{table_uri}-dashboard.html`). Returns the round, its status ("committed" or "skipped"), where its
+    statistics are, and the statistics.
     """
     config = refine_config(
         table_uri,
@@ -115,6 +120,9 @@ def refine_round_flow(
     result = run_round(refiner, predictions, round)
     report = {"round": result.round, "status": result.status, "stats_path": result.stats_path, "stats": result.stats}
     publish_round(config, report)
+    page = live_page(FLOW_NAME, table_uri, dataset_dir, models_root, dashboard_path) if dashboard else None
+    if page is not None and result.status == "committed":
+        page.finish()
     return report
 
 

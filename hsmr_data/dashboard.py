@@ -26,7 +26,9 @@ import html
 import io
 import math
 import re
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from itertools import pairwise, zip_longest
 from pathlib import Path
 from typing import Any
@@ -50,13 +52,24 @@ from hsmr_model.model_files import BodyModelPaths, read_keypoint_regressor
 from hsmr_model.regressor import VertexRegressor
 from hsmr_model.skel_layer import SKELLayer
 
-# Histogrammed label measures (measure_values keys) → (title, display unit).
-MEASURES: dict[str, tuple[str, str]] = {
-    "pve_max": ("maxPVE", "cm"),
-    "pve_mean": ("mean PVE", "cm"),
-    # log10: a camera placed behind the body gives errors of 1e12 next to typical ones of 1e-4.
-    "log10_kp2d_err": ("keypoint reprojection error", "log10 crop units²"),
-    "max_abs_beta": ("max |β|", ""),
+
+@dataclass(frozen=True)
+class Measure:
+    """A histogrammed label measure: its title, display unit, and whether its bins are logarithmic."""
+
+    title: str
+    unit: str
+    log: bool = False
+
+
+# Histogrammed label measures (measure_values keys). Log bins where the values span decades: maxPVE runs
+# from 1.5 cm (a good fit) to 1.7 m (a gross failure), and a camera placed behind the body gives
+# reprojection errors of 1e12 next to typical ones of 1e-4; linear bins would put nearly all in one.
+MEASURES: dict[str, Measure] = {
+    "pve_max": Measure("maxPVE", "cm", log=True),
+    "pve_mean": Measure("mean PVE", "cm", log=True),
+    "kp2d_err": Measure("keypoint reprojection error", "crop units²", log=True),
+    "max_abs_beta": Measure("max |β|", ""),
 }
 
 
@@ -76,6 +89,7 @@ RULES = (
 )
 ROUND_COLOURS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c")
 VIOLATION_TOLERANCE_DEG = 10.0  # the bar chart shows Table 4's first column; the table shows all tolerances
+DEFAULT_RELOAD_S = 5  # how often a live page reloads itself
 
 
 @dataclass(frozen=True)
@@ -87,6 +101,9 @@ class DashboardConfig:
     dataset: str = "synth"  # the name read_shards gives the samples of dataset_dir
     gallery_size: int = 8
     bins: int = 20
+    run: str | None = None  # what is writing the page (a flow run's name), shown in its header
+    # While a run is going: the page reloads itself every this many seconds. None: a finished page.
+    live_seconds: int | None = None
 
     @property
     def truth(self) -> str | None:
@@ -116,7 +133,7 @@ def measure_values(labels: pa.Table) -> dict[str, np.ndarray]:
     return {
         "pve_max": np.asarray(labels.column("pve_max").to_numpy(), np.float64) * 100,
         "pve_mean": np.asarray(labels.column("pve_mean").to_numpy(), np.float64) * 100,
-        "log10_kp2d_err": np.log10(kp2d[kp2d > 0]),
+        "kp2d_err": kp2d,
         "max_abs_beta": np.abs(betas.reshape(labels.num_rows, -1)).max(1) if labels.num_rows else np.zeros(0),
     }
 
@@ -131,7 +148,6 @@ def label_stats(labels: pa.Table) -> dict[str, Any]:
     }
     stats["share_passed"] = stats["passed"] / count if count else math.nan
     values = measure_values(labels)
-    values["kp2d_err"] = known_kp2d_err(labels)
     for name in ("pve_max", "pve_mean", "kp2d_err", "max_abs_beta"):
         stats[f"median_{name}"] = float(np.median(values[name])) if values[name].size else math.nan
     return stats
@@ -182,9 +198,21 @@ def truth_stats(labels: pa.Table, truth_path: str, skel: SKELLayer) -> dict[str,
     }
 
 
-def histogram_counts(values_by_round: dict[int, np.ndarray], bins: int) -> tuple[np.ndarray, dict[int, np.ndarray]]:
-    """Bin edges shared by the rounds (the pooled range), and each round's counts."""
+def histogram_counts(
+    values_by_round: dict[int, np.ndarray], bins: int, log: bool = False
+) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """Bin edges shared by the rounds (the pooled range), and each round's counts.
+
+    `log`: edges evenly spaced in log10 over the positive values; values at or below 0 (an exact fit)
+    are counted in the first bin, so no label drops out of the chart.
+    """
     pooled = np.concatenate([v for v in values_by_round.values() if v.size] or [np.zeros(1)])
+    if log:
+        positive = pooled[pooled > 0]
+        low, high = (np.log10(positive.min()), np.log10(positive.max())) if positive.size else (0.0, 0.0)
+        edges = np.logspace(low, high if high > low else low + 1.0, bins + 1)
+        clipped = {k: np.clip(v, edges[0], edges[-1]) for k, v in values_by_round.items()}
+        return edges, {k: np.histogram(v, edges)[0] for k, v in clipped.items()}
     low, high = float(pooled.min()), float(pooled.max())
     edges = np.linspace(low, high if high > low else low + 1.0, bins + 1)
     return edges, {k: np.histogram(v, edges)[0] for k, v in values_by_round.items()}
@@ -240,9 +268,11 @@ def _bar(x: float, width: float, value: float, top: float, round_: int, label: s
     )
 
 
-def svg_histogram(chart_id: str, title: str, values_by_round: dict[int, np.ndarray], bins: int) -> str:
-    """One histogram per round, bars of a bin side by side, on shared edges."""
-    edges, counts = histogram_counts(values_by_round, bins)
+def svg_histogram(
+    chart_id: str, title: str, values_by_round: dict[int, np.ndarray], bins: int, log: bool = False
+) -> str:
+    """One histogram per round, bars of a bin side by side, on shared edges (logarithmic with `log`)."""
+    edges, counts = histogram_counts(values_by_round, bins, log)
     top = max([int(c.max()) for c in counts.values() if c.size] + [1])
     slot = (_W - 8 - _PAD_L) / bins
     width = slot * 0.9 / max(len(counts), 1)
@@ -251,6 +281,17 @@ def svg_histogram(chart_id: str, title: str, values_by_round: dict[int, np.ndarr
         for i, (round_, count) in enumerate(counts.items()):
             label = f"round {round_}: {count[b]} in [{_fmt(edges[b])}, {_fmt(edges[b + 1])})"
             body.append(_bar(_PAD_L + b * slot + i * width, width, float(count[b]), top, round_, label))
+    if log:
+        title += " · log scale"
+        # Decade ticks, so a reader sees where 1, 10, 100 cm fall on the logarithmic axis.
+        span = np.log10(edges[-1]) - np.log10(edges[0])
+        for decade in range(math.ceil(np.log10(edges[0])), math.floor(np.log10(edges[-1])) + 1):
+            x = _PAD_L + (decade - np.log10(edges[0])) / span * (_W - 8 - _PAD_L)
+            body.append(
+                f'<line class="decade" x1="{x:.2f}" y1="{_H - _PAD_B}" x2="{x:.2f}" y2="{_H - _PAD_B + 4}"/>'
+                f'<text class="tick decade" x="{x:.2f}" y="{_H - _PAD_B + 26}" text-anchor="middle">'
+                f"{_fmt(10.0**decade)}</text>"
+            )
     body += [
         f'<text class="tick" x="{_PAD_L}" y="{_H - _PAD_B + 14}">{_fmt(edges[0])}</text>',
         f'<text class="tick" x="{_W - 8}" y="{_H - _PAD_B + 14}" text-anchor="end">{_fmt(edges[-1])}</text>',
@@ -386,8 +427,9 @@ def gallery_html(dataset: str, rows: list[dict], samples: dict[str, PersonSample
         failed = [rule.title for rule in RULES if not row[rule.column]]
         kp2d = "–" if row["kp2d_err"] is None else _fmt(row["kp2d_err"])
         caption = (
-            f"<b>{html.escape(row['sample_id'])}</b> (round {row['round']})<br>maxPVE {row['pve_max'] * 100:.1f} cm, "
-            f"kp2d_err {kp2d}, {'failed: ' + ', '.join(failed) if failed else 'passed'}"
+            f"<b>{html.escape(row['sample_id'])}</b><br>dataset {html.escape(row['dataset'])}, round {row['round']} "
+            f"({html.escape(row['source'])})<br>maxPVE {row['pve_max'] * 100:.1f} cm, kp2d_err {kp2d}, "
+            f"{'failed: ' + ', '.join(failed) if failed else 'passed'}"
         )
         figures.append(
             f'<figure class="gallery-item" data-sample-id="{html.escape(row["sample_id"])}">'
@@ -417,15 +459,39 @@ def dataset_summary(by_round: dict[int, pa.Table], truth: str | None, skel: SKEL
     }
     if truth is not None and skel is not None:
         summary["truth"] = {k: truth_stats(t, truth, skel) for k, t in by_round.items()}
+    summary["changes"] = {b: round_change(summary, a, b) for a, b in pairwise(by_round)}
     return summary
 
 
+def round_change(summary: dict[str, Any], before: int, after: int) -> dict[str, float]:
+    """Round `after` minus round `before`: labels passing, their share, the medians, the error vs the truth."""
+    old, new = summary["rounds"][before], summary["rounds"][after]
+    change = {
+        "passed": float(new["passed"] - old["passed"]),
+        "share_passed": new["share_passed"] - old["share_passed"],
+        **{f"median_{m}": new[f"median_{m}"] - old[f"median_{m}"] for m in ("pve_max", "kp2d_err", "max_abs_beta")},
+    }
+    truth = summary.get("truth") or {}
+    if truth.get(before) and truth.get(after):
+        change["joint_error_mm"] = truth[after]["joint_error_mm"] - truth[before]["joint_error_mm"]
+    return change
+
+
+def _signed(value: float, digits: str = ".3g") -> str:
+    return f"{value:+{digits}}" if math.isfinite(value) else "–"
+
+
+def _has_truth(summary: dict[str, Any]) -> bool:
+    return any(t is not None for t in (summary.get("truth") or {}).values())
+
+
 def _stats_table(summary: dict[str, Any]) -> str:
+    truth = _has_truth(summary)  # the truth column only where a truth table exists (the synthetic world)
     head = (
         "<tr><th>round</th><th>labels</th><th>passed</th><th>share passed</th>"
         + "".join(f"<th>rejected: {rule.title}</th>" for rule in RULES)
         + "<th>median maxPVE (cm)</th><th>median kp2d_err</th><th>replaced</th><th>new</th>"
-        "<th>median kp2d_err gain</th><th>joint error vs truth (mm)</th></tr>"
+        "<th>median kp2d_err gain</th>" + ("<th>joint error vs truth (mm)</th>" if truth else "") + "</tr>"
     )
     rows = []
     for k, s in summary["rounds"].items():
@@ -436,10 +502,30 @@ def _stats_table(summary: dict[str, Any]) -> str:
             s["rejected_pve_max"], s["rejected_betas"], s["rejected_keypoints"],
             _fmt(s["median_pve_max"]), _fmt(s["median_kp2d_err"]),
             r.get("replaced", "–"), r.get("inserted", "–"), _fmt(r.get("kp2d_err_improvement_median", math.nan)),
-            _fmt(t.get("joint_error_mm", math.nan)),
-        ]  # fmt: skip
+        ] + ([_fmt(t.get("joint_error_mm", math.nan))] if truth else [])  # fmt: skip
         rows.append(f'<tr class="round-row" data-round="{k}">' + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     return f'<table class="stats">{head}{"".join(rows)}</table>'
+
+
+def _change_table(summary: dict[str, Any]) -> str:
+    """Round over round: what each round changed against the one before it."""
+    if not summary["changes"]:
+        return '<p class="note">One round so far: changes appear from the next round on.</p>'
+    truth = _has_truth(summary)
+    head = (
+        "<tr><th>round</th><th>passed</th><th>share passed</th><th>median maxPVE (cm)</th>"
+        "<th>median kp2d_err</th><th>median max |β|</th>"
+        + ("<th>joint error vs truth (mm)</th>" if truth else "")
+        + "</tr>"
+    )
+    rows = []
+    for k, c in summary["changes"].items():
+        cells = [
+            k, _signed(c["passed"], ".0f"), _signed(100 * c["share_passed"], ".1f") + " pp",
+            _signed(c["median_pve_max"]), _signed(c["median_kp2d_err"]), _signed(c["median_max_abs_beta"]),
+        ] + ([_signed(c.get("joint_error_mm", math.nan))] if truth else [])  # fmt: skip
+        rows.append(f'<tr class="change-row" data-round="{k}">' + "".join(f"<td>{x}</td>" for x in cells) + "</tr>")
+    return f'<table class="changes">{head}{"".join(rows)}</table>'
 
 
 def _violation_table(summary: dict[str, Any]) -> str:
@@ -467,11 +553,12 @@ def dataset_section(
     charts = [
         svg_histogram(
             f"hist-{slug}-{name}",
-            f"{title}{f' ({unit})' if unit else ''}",
+            f"{measure.title}{f' ({measure.unit})' if measure.unit else ''}",
             {k: v[name] for k, v in values.items()},
             bins,
+            measure.log,
         )
-        for name, (title, unit) in MEASURES.items()
+        for name, measure in MEASURES.items()
     ]
     stats = summary["rounds"]
     charts.append(
@@ -508,7 +595,7 @@ def dataset_section(
         )
     )
     truth = summary.get("truth")
-    if truth and any(t is not None for t in truth.values()):
+    if _has_truth(summary):
         rounds = list(truth)
         charts.append(
             svg_lines(
@@ -524,6 +611,7 @@ def dataset_section(
     return (
         f'<section class="dataset" id="dataset-{slug}"><h2>{html.escape(dataset)}</h2>'
         f"{_stats_table(summary)}"
+        f"<h3>Change from the round before</h3>{_change_table(summary)}"
         f'<div class="charts">{"".join(charts)}</div>'
         f"<h3>Joint-limit violations of the labels</h3>{_violation_table(summary)}"
         f"<h3>Worst labels of the latest round</h3>"
@@ -544,16 +632,28 @@ svg .title { font-size: 13px; font-weight: 600; } svg .tick, svg .legend, svg .s
 svg .axis { stroke: #888; }
 .gallery { display: flex; flex-wrap: wrap; gap: 12px; }
 .gallery-item { margin: 0; } .gallery-item figcaption { font-size: 12px; max-width: 512px; }
-.note { color: #666; }
+.note { color: #666; } .status { color: #444; font-size: 13px; }
 """
 
 
-def render_page(table_uri: str, sections: list[str], rounds: list[int]) -> str:
+def render_page(config: DashboardConfig, sections: list[str], rounds: list[int], version: int, written: str) -> str:
+    """The page; with `config.live_seconds` it reloads itself (a meta refresh: the page stays script-free)."""
+    refresh = f'<meta http-equiv="refresh" content="{config.live_seconds}">' if config.live_seconds else ""
+    state = (
+        f"live: a run is writing this page, it reloads every {config.live_seconds} s"
+        if config.live_seconds
+        else "final: the run that wrote it has ended"
+    )
+    status = (
+        f'<p class="status" id="status" data-version="{version}" data-live="{int(bool(config.live_seconds))}">'
+        f"Table version {version}, written {html.escape(written)}"
+        f"{f' by {html.escape(config.run)}' if config.run else ''} ({state}).</p>"
+    )
     return (
         "<!DOCTYPE html>\n"
-        '<html lang="en"><head><meta charset="utf-8">'
-        f"<title>Label quality: {html.escape(table_uri)}</title><style>{_STYLE}</style></head><body>"
-        f'<h1 id="title">Label quality of <code>{html.escape(table_uri)}</code></h1>'
+        f'<html lang="en"><head><meta charset="utf-8">{refresh}'
+        f"<title>Label quality: {html.escape(config.table_uri)}</title><style>{_STYLE}</style></head><body>"
+        f'<h1 id="title">Label quality of <code>{html.escape(config.table_uri)}</code></h1>{status}'
         f'<p class="note" id="rounds">Rounds: {", ".join(map(str, rounds))}. Each round shows the table as it '
         "stood after that round's last commit.</p>" + "".join(sections) + "</body></html>\n"
     )
@@ -579,8 +679,16 @@ def build_dashboard(config: DashboardConfig) -> Dashboard:
         summary["gallery"] = [r["sample_id"] for r in worst if r["sample_id"] in samples]
         sections.append(dataset_section(dataset, by_round, summary, config.bins, gallery))
         summaries[dataset] = summary
-    summary = {"table_uri": config.table_uri, "rounds": list(tables), "datasets": summaries}
-    return Dashboard(render_page(config.table_uri, sections, list(tables)), summary)
+    version = label_table.history(config.table_uri)[-1]["version"]
+    written = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    summary = {
+        "table_uri": config.table_uri,
+        "table_version": version,
+        "written": written,
+        "rounds": list(tables),
+        "datasets": summaries,
+    }
+    return Dashboard(render_page(config, sections, list(tables), version, written), summary)
 
 
 def write_dashboard(config: DashboardConfig, out_path: str | Path) -> tuple[Path, dict[str, Any]]:
@@ -615,3 +723,35 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             ]  # fmt: skip
             lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def page_next_to(table_uri: str) -> Path | None:
+    """Where a flow writes the dashboard of a local table by default: `{table}-dashboard.html` beside it
+    (like the round statistics in `{table}-rounds/`); None for a table at a remote URI."""
+    if "://" in table_uri and not table_uri.startswith("file://"):
+        return None
+    return Path(table_uri.removeprefix("file://").rstrip("/") + "-dashboard.html")
+
+
+class LiveDashboard:
+    """The page rewritten while a run goes: after each commit (`update`), at most every `min_interval_s`
+    so that many small chunks do not spend their time on pages, and once more at the end (`finish`),
+    without the reload. Every write is atomic (`write_dashboard`), so an open page never reads half a file.
+    """
+
+    def __init__(self, config: DashboardConfig, out_path: str | Path, min_interval_s: float = 10.0):
+        self.config, self.out_path, self.min_interval_s = config, Path(out_path), min_interval_s
+        self._last = -math.inf
+
+    def update(self, force: bool = False) -> bool:
+        """Rewrite the live page unless one was written less than `min_interval_s` ago; whether it wrote."""
+        if not force and time.monotonic() - self._last < self.min_interval_s:
+            return False
+        live = replace(self.config, live_seconds=self.config.live_seconds or DEFAULT_RELOAD_S)
+        write_dashboard(live, self.out_path)
+        self._last = time.monotonic()
+        return True
+
+    def finish(self) -> tuple[Path, dict[str, Any]]:
+        """The final page: no reload, the table as the run left it."""
+        return write_dashboard(replace(self.config, live_seconds=None), self.out_path)

@@ -136,6 +136,49 @@ def test_summary_counts_rules_replacements_truth_and_violations(page, world):
     assert "| synth | 1 | 6 | 6 (100.0%) |" in D.summary_markdown(summary)
 
 
+def test_log_histograms_keep_every_label_and_span_the_decades():
+    values = {0: np.array([0.0, 1.5, 2.0, 30.0, 174.0]), 1: np.array([1.6, 1.7])}
+    edges, counts = D.histogram_counts(values, bins=10, log=True)
+    assert edges[0] == pytest.approx(1.5) and edges[-1] == pytest.approx(174.0)
+    assert np.allclose(np.diff(np.log10(edges)), np.log10(174.0 / 1.5) / 10)  # even in log10
+    assert counts[0].sum() == 5 and counts[1].sum() == 2  # the exact fit (0) counts in the first bin
+    assert counts[0][0] == 3  # 0 (clipped up), 1.5 and 2.0: the first bin ends at 1.5·(174/1.5)^0.1 = 2.4
+    chart = D.svg_histogram("hist-x", "maxPVE (cm)", values, 10, log=True)
+    assert "log scale" in chart and chart.count('class="tick decade"') == 2  # 10 and 100 cm
+
+
+def test_round_over_round_changes(page):
+    _, summary = page
+    change = summary["datasets"]["synth"]["changes"][1]
+    assert change["passed"] == 2 and change["share_passed"] == pytest.approx(2 / 6)
+    assert change["joint_error_mm"] < 0  # round 1 holds the truth: the error falls
+    text = page[0].read_text()
+    assert '<tr class="change-row" data-round="1">' in text and "+2" in text
+
+
+def test_gallery_names_sample_dataset_round_and_failed_rule(page, world):
+    text = page[0].read_text()
+    assert "dataset synth, round 1 (skelify-round-1)" in text or "dataset synth, round 0 (smpl-fit)" in text
+    assert "failed: " in text or "passed" in text
+
+
+def test_a_live_page_reloads_and_says_what_it_shows(world, models_root, tmp_path):
+    config = D.DashboardConfig(world["table"], None, models_root, run="convert-smpl-to-skel run x")
+    live = D.LiveDashboard(config, tmp_path / "live.html", min_interval_s=3600)
+    assert live.update() and not live.update()  # the second within the interval is skipped
+    text = (tmp_path / "live.html").read_text()
+    version = lt_version(world["table"])
+    assert f'<meta http-equiv="refresh" content="{D.DEFAULT_RELOAD_S}">' in text
+    assert f'data-version="{version}" data-live="1"' in text and "by convert-smpl-to-skel run x (live" in text
+    final, _ = live.finish()
+    assert "http-equiv" not in final.read_text() and 'data-live="0"' in final.read_text()
+    assert "joint error vs truth" not in final.read_text()  # no truth table given: no truth columns
+
+
+def lt_version(uri: str) -> int:
+    return label_table.history(uri)[-1]["version"]
+
+
 def test_page_is_self_contained(page):
     text = page[0].read_text()
     assert "<script" not in text and "<link" not in text
@@ -250,3 +293,65 @@ def test_flow_writes_the_page_and_its_artifacts(prefect_api, world, models_root,
     assert set(by_key) == {key, f"{key}-rounds"}
     assert "| synth | 1 | 6 | 6 (100.0%) |" in by_key[key].data
     assert str(out.resolve()) in by_key[key].data
+
+
+@pytest.mark.slow
+def test_an_open_live_page_shows_a_round_committed_after_it_was_opened(world, models_root, tmp_path):
+    """Chromium keeps the live page open (DevTools protocol on the loopback); a new round is committed and
+    the page rewritten; after its own reload the open page shows the round."""
+    import json
+    import time
+    import urllib.request
+
+    from websockets.sync.client import connect
+
+    binary = _chromium()
+    table = str(tmp_path / "labels")
+    shutil.copytree(world["table"], table)
+    config = D.DashboardConfig(table, None, models_root, run="test run", live_seconds=1)
+    live = D.LiveDashboard(config, tmp_path / "live.html")
+    live.update()
+    browser = subprocess.Popen(
+        [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", "--remote-debugging-port=0",
+         "--remote-debugging-address=127.0.0.1", f"--user-data-dir={tmp_path / 'profile-live'}",
+         (tmp_path / "live.html").as_uri()],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        line = ""
+        while "DevTools listening on" not in line:
+            line = browser.stdout.readline()
+            assert line or browser.poll() is None, "chromium exited before listening"
+        port = int(line.split("ws://127.0.0.1:")[1].split("/")[0])
+        targets = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10).read())
+        page_target = next(t for t in targets if t["type"] == "page")
+        with connect(page_target["webSocketDebuggerUrl"], max_size=None) as devtools:
+            calls = iter(range(1, 10_000))
+
+            def rounds_shown() -> str:
+                call = next(calls)
+                expression = "document.getElementById('rounds') ? document.getElementById('rounds').textContent : ''"
+                devtools.send(json.dumps({"id": call, "method": "Runtime.evaluate",
+                                          "params": {"expression": expression}}))  # fmt: skip
+                while True:
+                    reply = json.loads(devtools.recv(timeout=10))
+                    if reply.get("id") == call:
+                        return reply["result"]["result"].get("value", "")
+
+            deadline = time.monotonic() + 30
+            while "Rounds: 0, 1." not in rounds_shown():
+                assert time.monotonic() < deadline, "the live page never showed rounds 0 and 1"
+                time.sleep(0.2)
+            truth = world["truth"]
+            round2 = truth_label_rows(truth, world["ids"][:2], "skelify/2")
+            round2["kp2d_err"] = np.full(2, 0.001)
+            label_table.commit_round(table, round2, 2)
+            live.update(force=True)
+            deadline = time.monotonic() + 30
+            while "Rounds: 0, 1, 2." not in rounds_shown():
+                assert time.monotonic() < deadline, "the open page did not reload to show round 2"
+                time.sleep(0.2)
+    finally:
+        browser.kill()
+        browser.wait(timeout=30)

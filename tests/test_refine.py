@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -15,6 +16,7 @@ import pytest
 import torch
 
 from flows.refine import refine_round_flow
+from flows.settings import artifact_key
 from hsmr_data import cli, conversion, export, refine
 from hsmr_data import label_table as lt
 from hsmr_data.conversion import ConvertConfig
@@ -332,7 +334,11 @@ def test_flow_runs_a_round_and_publishes_its_statistics(prefect_api, world, tmp_
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id]))
         )
-    by_type = {artifact.type: artifact for artifact in artifacts}
+    by_key = {artifact.key: artifact for artifact in artifacts}
+    page = Path(table + "-dashboard.html")  # rewritten after the committed round, linked from the run
+    link = by_key.pop(artifact_key("dashboard-link", table))
+    assert page.resolve().as_uri() in link.data and 'data-round="1"' in page.read_text()
+    by_type = {artifact.type: artifact for artifact in by_key.values()}
     assert set(by_type) == {"table", "markdown"}
     assert by_type["table"].key == "refine-labels-round-stats"
     assert "replaced" in by_type["markdown"].data
