@@ -208,8 +208,8 @@ def build_task_runner(
     """Threads (the default; 1 worker, since torch already uses every core), or Dask.
 
     Dask: `dask_address` of a running scheduler, or a cluster started for the run: a local one, or
-    `dask_cluster_class` such as "dask_jobqueue.SLURMCluster" with its `dask_cluster_kwargs`. The
-    Converter is shipped to the workers with each task, so Dask pays off for real datasets only.
+    `dask_cluster_class` such as "dask_jobqueue.SLURMCluster" with its `dask_cluster_kwargs`. A task
+    carries the conversion's configuration only; each worker process loads the body models once.
     """
     if runner == "threads":
         return ThreadPoolTaskRunner(max_workers=max_workers)

@@ -11,6 +11,7 @@ uninterrupted run gives. Everything here is plain Python; the Prefect flow only 
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -98,18 +99,46 @@ def list_chunks(config: ConvertConfig) -> list[Chunk]:
     return [Chunk(spec, url) for spec in config.specs for url in spec.shard_urls()]
 
 
+@dataclass(frozen=True)
+class ConversionModels:
+    """What fitting needs of the body models: SMPL with its keypoints, SKEL, and the link between them."""
+
+    device: torch.device
+    smpl: SMPLWithKeypoints
+    skel: SKELLayer
+    link: SmplToSkel
+    keypoints: VertexRegressor
+
+
+@functools.lru_cache(maxsize=4)
+def conversion_models(models_root: str, skel_sex: str, device: str) -> ConversionModels:
+    """The body models, loaded once per process for each (files, sex, device) and then reused: every
+    chunk a (Dask) worker process converts uses the models that process loaded first."""
+    paths = BodyModelPaths.from_root(models_root)
+    resolved = resolve_device(device)
+    smpl = SMPLWithKeypoints.from_files(paths.smpl, paths.keypoint_regressor).to(resolved)
+    skel_path = paths.skel(skel_sex)
+    skel = SKELLayer.from_file(skel_path).to(resolved)
+    link = SmplToSkel.from_models(skel, read_skel_model(skel_path).J_regressor_osim, smpl.smpl)
+    keypoints = VertexRegressor(smpl.keypoint_ids, smpl.keypoint_weights, 6890)
+    return ConversionModels(resolved, smpl, skel, link, keypoints)
+
+
 class Converter:
-    """The body models and fitter, loaded once and reused for every chunk."""
+    """A conversion's configuration and its body models (`conversion_models`, loaded once per process).
+
+    Sent to another process (a Dask worker), a Converter travels as its configuration alone and finds
+    the models that process has loaded, or loads them there once: tasks never carry the models.
+    """
 
     def __init__(self, config: ConvertConfig):
         self.config = config
-        paths = BodyModelPaths.from_root(config.models_root)
-        self.device = resolve_device(config.fit.device)
-        self.smpl = SMPLWithKeypoints.from_files(paths.smpl, paths.keypoint_regressor).to(self.device)
-        skel_path = paths.skel(config.skel_sex)
-        self.skel = SKELLayer.from_file(skel_path).to(self.device)
-        self.link = SmplToSkel.from_models(self.skel, read_skel_model(skel_path).J_regressor_osim, self.smpl.smpl)
-        self.keypoints = VertexRegressor(self.smpl.keypoint_ids, self.smpl.keypoint_weights, 6890)
+        models = conversion_models(str(config.models_root), config.skel_sex, str(config.fit.device))
+        self.device, self.smpl, self.skel = models.device, models.smpl, models.skel
+        self.link, self.keypoints = models.link, models.keypoints
+
+    def __reduce__(self):
+        return Converter, (self.config,)
 
     def label_rows(self, samples: list[PersonSample], chunk: str) -> pa.Table:
         """Fit, place, score and filter: one label row per sample (the label table's input schema)."""
