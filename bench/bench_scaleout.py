@@ -27,8 +27,10 @@ from bench_train import make_index  # bench/ is on sys.path when a script runs
 from results import write_result
 
 from hsmr_data import train_run
+from hsmr_data.synthetic.world import SynthConfig, generate_dataset
 from hsmr_data.train_run import TrainingRun
 from hsmr_data.training import TrainConfig
+from hsmr_model.model_files import BodyModelPaths
 
 
 def training_images_per_s(config: TrainConfig, nproc: int) -> float:
@@ -87,7 +89,10 @@ def main() -> None:
         )
         dask = {}
         if not args.skip_dask:
-            dataset_dir = folder / "synth"  # make_index's dataset: several shards, one chunk each
+            dataset_dir = folder / "convert"  # several shards: one chunk each, for the workers to share
+            generate_dataset(
+                BodyModelPaths.from_root(args.models), dataset_dir, SynthConfig(count=24, shard_maxcount=4)
+            )
             rates = {n: conversion_samples_per_s(dataset_dir, args.models, folder / f"labels-{n}", n) for n in (1, 2)}
             dask = {
                 "bytes_shipped_per_task": task_bytes(args.models),

@@ -31,6 +31,7 @@ from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 from tqdm import tqdm
 
+from flows.dashboard import live_page
 from flows.settings import artifact_key
 from hsmr_data import conversion, label_table
 from hsmr_data.cli import add_dataset_arguments, dataset_arguments
@@ -102,8 +103,13 @@ def convert_smpl_to_skel(
     keypoint_conf_floor: float = FilterConfig.keypoint_conf_floor,
     datasets: list[str] | None = None,
     quarantine_root: str | None = None,
+    dashboard: bool = True,
+    dashboard_path: str | None = None,
 ) -> dict[str, Any]:
     """Convert every shard of the datasets into round-0 labels in the table at `table_uri`.
+
+    With `dashboard`, the label dashboard (`dashboard_path`, by default `{table_uri}-dashboard.html`)
+    is rewritten as chunks commit (a live page that reloads itself) and once more at the end.
 
     The datasets: `dataset_dir` (a folder holding shards/*.tar, or any SPEC) named `dataset`, and
     `datasets`, a list of `NAME=SPEC` (brace patterns, directories, file:, pipe:, http(s), fsspec
@@ -132,6 +138,7 @@ def convert_smpl_to_skel(
     converter = Converter(config)  # the body models, loaded once and shared by every task
     logger.info("%s → %s on %s, chunks: %d", names, config.table_uri, converter.device, len(chunks))
 
+    page = live_page(FLOW_NAME, config.table_uri, dataset_dir, models_root, dashboard_path) if dashboard else None
     progress = create_progress_artifact(0.0, description=f"chunks of {names} converted")
     futures = {convert_chunk.submit(converter, chunk): chunk for chunk in chunks}
     outcomes: list[ChunkOutcome] = []
@@ -142,11 +149,16 @@ def convert_smpl_to_skel(
                 outcomes.append(future.result())
             except Exception as error:  # every chunk gets its chance before the run fails
                 failed[futures[future].id] = repr(error)
+            else:
+                if page is not None and outcomes[-1].status == "committed":
+                    page.update()
             bar.update(1)
             update_progress_artifact(progress, 100.0 * bar.n / len(chunks))
 
     report = run_report(config, outcomes, failed)
     publish_summary(config, report)
+    if page is not None and report["summary"]["samples"]:
+        page.finish()
     if failed:
         raise RuntimeError(f"{len(failed)} of {len(chunks)} chunks failed after retries: {failed}")
     return report

@@ -69,16 +69,23 @@ def test_flow_writes_one_row_per_sample_and_reports_every_chunk(first_run, flow_
 
 
 @pytest.mark.slow
-def test_flow_publishes_quality_table_markdown_and_full_progress(first_run):
+def test_flow_publishes_quality_table_markdown_full_progress_and_the_dashboard(first_run, flow_parameters):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    from flows.settings import artifact_key
 
     flow_run_id = first_run.state_details.flow_run_id
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
         )
-    by_type = {artifact.type: artifact for artifact in artifacts}
+    by_key = {artifact.key: artifact for artifact in artifacts}
+    # The dashboard next to the table: rewritten as chunks committed, final at the end, linked in the UI.
+    page = Path(flow_parameters["table_uri"] + "-dashboard.html")
+    assert page.resolve().as_uri() in by_key.pop(artifact_key("dashboard-link", flow_parameters["table_uri"])).data
+    assert 'data-live="0"' in page.read_text() and 'id="hist-synth-pve_max"' in page.read_text()
+    by_type = {artifact.type: artifact for artifact in by_key.values()}
     assert set(by_type) == {"table", "markdown", "progress"}
     assert by_type["progress"].data == pytest.approx(100.0)
     assert by_type["table"].key == "convert-synth-label-quality"
