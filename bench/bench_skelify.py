@@ -16,11 +16,15 @@ Figures, per batch size (256 and 2048 by default):
   never run end to end on the CPU: its figure is the support run's scaled by the per-evaluation ratio.
 
     python bench/bench_skelify.py --models storage/models --out storage/bench/skelify.json [--device cuda]
+
+With `--reference-commit <sha>` the same figures are also measured, interleaved in this process, for the
+library as it was at that commit (`bench/reference.py`): the before/after ratio of one run.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
 import os
@@ -30,7 +34,8 @@ from dataclasses import replace
 
 import numpy as np
 import torch
-from results import write_result  # bench/ is on sys.path when a script runs
+from reference import package_at  # bench/ is on sys.path when a script runs
+from results import write_result
 
 from hsmr_model import camera
 from hsmr_model import skel_constants as C
@@ -118,6 +123,52 @@ def refine_run(skelify: Skelify, people: dict, count: int) -> dict:
     }
 
 
+def reference_comparison(args, people: dict, skel: SKELLayer, regressor: VertexRegressor, device) -> dict:
+    """Ours against the library as it was at `args.reference_commit`, in this process, interleaved: objective
+    evaluations alternately, and the refiner end to end alternately (`args.reference_rounds` times each) at
+    the batch sizes up to `args.reference_run_max`. Each side's best time is kept."""
+    name = package_at(args.reference_commit)
+    old_layer, old_skelify, old_regressor, old_files = (
+        importlib.import_module(f"{name}.{module}") for module in ("skel_layer", "skelify", "regressor", "model_files")
+    )
+    paths = BodyModelPaths.from_root(args.models)
+    old_skel = old_layer.SKELLayer.from_file(paths.skel("male"))
+    old_keypoints = old_regressor.VertexRegressor.from_sparse(
+        old_files.read_keypoint_regressor(paths.keypoint_regressor).matrix
+    )
+    batches = {}
+    for size in sorted(args.batch_sizes):
+        sides = {
+            "ours": Skelify(skel, regressor, SkelifyConfig(batch_size=size, device=str(device))),
+            "reference": old_skelify.Skelify(
+                old_skel, old_keypoints, old_skelify.SkelifyConfig(batch_size=size, device=str(device))
+            ),
+        }
+        per_eval = {side: math.inf for side in sides}
+        for _ in range(args.repeats):
+            for side, skelify in sides.items():
+                per_eval[side] = min(per_eval[side], seconds_per_evaluation(skelify, people, size, 1))
+        entry = {
+            "seconds_per_evaluation": {side: round(value, 4) for side, value in per_eval.items()},
+            "evaluation_speed_up": round(per_eval["reference"] / per_eval["ours"], 2),
+        }
+        if size <= args.reference_run_max:
+            runs = {side: [] for side in sides}
+            for _ in range(args.reference_rounds):
+                for side, skelify in sides.items():
+                    runs[side].append(refine_run(skelify, people, size))
+            best = {side: min(side_runs, key=lambda run: run["seconds"]) for side, side_runs in runs.items()}
+            ours_error, old_error = (best[side]["kp2d_err_mean_end"] for side in ("ours", "reference"))
+            entry["refiner"] = {
+                **best,
+                "samples_per_s_speed_up": round(best["reference"]["seconds"] / best["ours"]["seconds"], 2),
+                "kp2d_err_end_relative_difference": round((ours_error - old_error) / old_error, 5),
+            }
+        batches[str(size)] = entry
+        print(json.dumps({"reference": {size: entry}}, indent=2), flush=True)
+    return {"commit": name.rsplit("_", 1)[-1], "batches": batches}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="storage/models")
@@ -128,6 +179,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed evaluations per path and batch size")
     parser.add_argument("--time-cap-s", type=float, default=600.0, help="longest end-to-end run to attempt")
     parser.add_argument("--mesh-runs", action="store_true", help="also run the full-mesh refiner end to end")
+    parser.add_argument("--reference-commit", help="also compare with the library at this commit (same process)")
+    parser.add_argument("--reference-run-max", type=int, default=256, help="largest batch refined end to end by both")
+    parser.add_argument("--reference-rounds", type=int, default=2, help="end-to-end runs per side, alternately")
     parser.add_argument("--support-only", action="store_true", help="leave the full-mesh path out")
     parser.add_argument("--samples", type=int, default=0, help="also refine this many in batches (e.g. 18000)")
     args = parser.parse_args()
@@ -189,6 +243,8 @@ def main() -> None:
         "load_average": os.getloadavg()[0],
         "batches": batches,
     }
+    if args.reference_commit:
+        result["reference"] = reference_comparison(args, people, skel, regressor, device)
     if args.samples:
         size = max(args.batch_sizes)
         skelify = Skelify(skel, regressor, SkelifyConfig(batch_size=size, device=str(device)))
