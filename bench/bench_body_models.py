@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -153,8 +154,10 @@ def main() -> None:
     parser.add_argument("--models", default="storage/models")
     parser.add_argument("--out", default="storage/bench/body_models.json")
     parser.add_argument("--min-seconds", type=float, default=1.0, help="time spent per measurement")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
     args = parser.parse_args()
 
+    torch.set_num_threads(args.threads)
     skel_path = BodyModelPaths.from_root(args.models).skel_male
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     rows, bounds = [], {}
