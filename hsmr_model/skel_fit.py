@@ -770,7 +770,9 @@ def batch_size_for(config: SkelFitConfig, device: torch.device) -> int:
 def vertex_errors(skel: SKELLayer, x: torch.Tensor, smpl_vertices: torch.Tensor) -> torch.Tensor:
     """Per-vertex distance between the SKEL skin of x = [q | β | trans] and the SMPL vertices. (B, V), metres."""
     q, betas, trans = split_params(x)
-    return (pose_body(skel, SkinPart.of(skel), q, betas, trans).skin - smpl_vertices).norm(dim=-1)
+    # Not .norm(dim=-1): the skin is a channels-first view, and a norm over its strided last dimension is
+    # ten times slower than the sum of squares.
+    return (pose_body(skel, SkinPart.of(skel), q, betas, trans).skin - smpl_vertices).square().sum(-1).sqrt()
 
 
 @torch.no_grad()

@@ -39,8 +39,8 @@ from hsmr_model.regressor import VertexRegressor
 class SkelOutput:
     """What one SKEL forward pass returns (B: batch, V: skin vertices, Nk: skeleton vertices).
 
-    The mesh tensors are batch-first views of the channels-first result (not contiguous); call
-    `.contiguous()` before `.view()`."""
+    v_shaped and pose_offsets are batch-first views of channels-first tensors (not contiguous: call
+    `.contiguous()` before `.view()` or heavy per-vertex math); the rest is contiguous."""
 
     skin_verts: torch.Tensor | None  # (B, V, 3), or (B, len(vertex_ids), 3) for a subset
     skel_verts: torch.Tensor | None  # (B, Nk, 3) when asked for
@@ -791,7 +791,7 @@ class SKELLayer(nn.Module):
         if skeleton_mesh:
             skel_verts = self._skeleton_vertices_cf(pose) + trans[:, None]
         return SkelOutput(
-            skin_verts=skin.transpose(1, 2),
+            skin_verts=skin.transpose(1, 2).contiguous(),  # per-vertex math downstream wants xyz together
             skel_verts=skel_verts,
             joints=vectors_from_cf(pose.world_t) + trans[:, None],
             joints_ori=rotations_from_cf(cf_matmul(pose.world_r, pose.rest_orientation)),
