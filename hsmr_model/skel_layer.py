@@ -109,11 +109,22 @@ def cf_norm(v: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
     return v.square().sum(0).clamp_min(eps * eps).sqrt()
 
 
-def cf_rotation_between(source: torch.Tensor, target: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+def cf_half_turn(source: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Half turns R = 2·n·nᵀ − I about an axis n perpendicular to each source vector: (3, *S) → (3, 3, *S)."""
+    a = source / cf_norm(source, eps)
+    helper_x = (a[0].abs() <= 0.6).to(a.dtype)  # the x axis unless the source is close to it, then y
+    n = torch.linalg.cross(a, torch.stack([helper_x, 1 - helper_x, torch.zeros_like(helper_x)]), dim=0)
+    n = n / cf_norm(n, eps)
+    return 2.0 * n[:, None] * n[None] - cf_eye(n, n.ndim - 1)
+
+
+def cf_rotation_between(
+    source: torch.Tensor, target: torch.Tensor, eps: float = 1e-8, half_turn: torch.Tensor | None = None
+) -> torch.Tensor:
     """Minimal rotations R with R·source ∥ target, component first: (3, *S), (3, *S) → (3, 3, *S).
 
     R = I + [v]× + [v]×²/(1 + c), v = â × b̂, c = â·b̂, with [v]×² = v·vᵀ − |v|²·I (no matrix
-    product). Antiparallel inputs get a half turn about an axis perpendicular to the source.
+    product). Antiparallel inputs get `half_turn` (`cf_half_turn` of the source, computed when None).
     """
     a = source / cf_norm(source, eps)
     b = target / cf_norm(target, eps)
@@ -123,13 +134,7 @@ def cf_rotation_between(source: torch.Tensor, target: torch.Tensor, eps: float =
     antiparallel = c < -1.0 + 1e-6
     square = v[:, None] * v[None] - (v * v).sum(0) * eye
     general = eye + cf_skew(v) + square / torch.where(antiparallel, torch.ones_like(c), 1.0 + c)
-    # Half turn about a perpendicular axis: R = 2·n·nᵀ − I.
-    helper_x = (a[0].abs() <= 0.6).to(a.dtype)  # the x axis unless the source is close to it, then y
-    helper = torch.stack([helper_x, 1 - helper_x, torch.zeros_like(helper_x)])
-    n = torch.linalg.cross(a, helper, dim=0)
-    n = n / cf_norm(n, eps)
-    half_turn = 2.0 * n[:, None] * n[None] - eye
-    return torch.where(antiparallel, half_turn, general)
+    return torch.where(antiparallel, cf_half_turn(source, eps) if half_turn is None else half_turn, general)
 
 
 # ------------------------------------------------------------------------------- shape stage
@@ -185,18 +190,23 @@ def fixed_orientation_mask() -> torch.Tensor:
 
 
 def rest_orientation_cf(
-    model_vectors: torch.Tensor, body_vectors: torch.Tensor, per_joint_rot: torch.Tensor, fixed: torch.Tensor
+    model_vectors: torch.Tensor,
+    body_vectors: torch.Tensor,
+    per_joint_rot: torch.Tensor,
+    fixed: torch.Tensor,
+    half_turn: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Rk01 = Gk·per_joint_rot, Gk the minimal rotation taking per_joint_rot·o (the model's bone vector)
     onto b (the body's); Gk = I for the leaves and the head. Component first.
 
     Args:
         model_vectors: (3, 24, 1) per_joint_rot·o; body_vectors: (3, 24, B); per_joint_rot: (3, 3, 24, 1);
-        fixed: (24, 1) `fixed_orientation_mask` on the device.
+        fixed: (24, 1) `fixed_orientation_mask` on the device; half_turn: `cf_half_turn(model_vectors)` or None.
     Returns:
         (3, 3, 24, B).
     """
-    gk = torch.where(fixed, cf_eye(body_vectors, 2), cf_rotation_between(model_vectors, body_vectors))
+    rotation = cf_rotation_between(model_vectors, body_vectors, half_turn=half_turn)
+    gk = torch.where(fixed, cf_eye(body_vectors, 2), rotation)
     return cf_matmul(gk, per_joint_rot)
 
 
@@ -230,18 +240,19 @@ def dof_slots() -> torch.Tensor:
     return slots
 
 
-def joint_rotations_cf(q: torch.Tensor, axis_skew: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+def joint_rotations_cf(
+    q: torch.Tensor, axis_skew: torch.Tensor, axis_square: torch.Tensor, slots: torch.Tensor
+) -> torch.Tensor:
     """Per-bone joint rotation Rp = R_3·R_2·R_1, R_k = exp(q_k·[a_k]×) by Rodrigues; cf `pose_repr.bone_rotations`.
 
     Args:
         q: (B, 46); axis_skew: (3, 3, 47, 1) [a]× of every DoF axis and a zero for the padding
-        slot 46; slots: (3, 24) from `dof_slots`.
+        slot 46; axis_square: its square [a]×²; slots: (3, 24) from `dof_slots`.
     Returns:
         (3, 3, 24, B).
     """
-    angles = torch.cat([q.T, q.new_zeros(1, q.shape[0])])  # (47, B)
-    square = cf_matmul(axis_skew, axis_skew)
-    per_dof = cf_eye(q, 2) + axis_skew * torch.sin(angles) + square * (1 - torch.cos(angles))
+    angles = torch.nn.functional.pad(q.T, (0, 0, 0, 1))  # (47, B), the padding slot at angle 0
+    per_dof = cf_eye(q, 2) + axis_skew * torch.sin(angles) + axis_square * (1 - torch.cos(angles))
     first, second, third = (per_dof.index_select(2, slot) for slot in slots)
     return cf_matmul(third, cf_matmul(second, first))
 
@@ -267,7 +278,8 @@ def local_rotations(rest_orientation: torch.Tensor, apose_rot: torch.Tensor, q: 
         (B, 24, 3, 3).
     """
     axis_skew = cf_skew(torch.cat([torch.as_tensor(C.dof_axes(), dtype=q.dtype, device=q.device), q.new_zeros(1, 3)]).T)
-    joint = joint_rotations_cf(q, axis_skew[..., None], dof_slots().to(q.device))
+    axis_skew = axis_skew[..., None]
+    joint = joint_rotations_cf(q, axis_skew, cf_matmul(axis_skew, axis_skew), dof_slots().to(q.device))
     local, _ = local_rotations_cf(rotations_to_cf(rest_orientation), rotations_to_cf(apose_rot[None]), joint)
     return rotations_from_cf(local)
 
@@ -388,13 +400,13 @@ def chain_cf(rotations: torch.Tensor, translations: torch.Tensor, pointers: torc
         world rotations (3, 3, J, B) and world translations (3, J, B).
     """
     batch = rotations.shape[-1]
-    r = torch.cat([rotations, cf_eye(rotations, 2).expand(3, 3, 1, batch)], dim=2)
-    t = torch.cat([translations, translations.new_zeros(3, 1, batch)], dim=1)
+    identity = torch.cat([cf_eye(rotations, 2), rotations.new_zeros(3, 1, 1, 1)], dim=1).expand(3, 4, 1, batch)
+    transforms = torch.cat([torch.cat([rotations, translations[:, None]], dim=1), identity], dim=2)  # [R | t]
     for pointer in pointers:
-        parent_r, parent_t = r.index_select(2, pointer), t.index_select(1, pointer)
-        t = parent_t + cf_matvec(parent_r, t)
-        r = cf_matmul(parent_r, r)
-    return r[:, :, :-1], t[:, :-1]
+        parent = transforms.index_select(2, pointer)
+        transforms = cf_matmul(parent[:, :3], transforms)  # [R_p·R | R_p·t] ...
+        transforms[:, 3] += parent[:, 3]  # ... + [0 | t_p]
+    return transforms[:, :3, :-1], transforms[:, 3, :-1]
 
 
 def chain(rotations: torch.Tensor, translations: torch.Tensor, parents: tuple[int, ...]):
@@ -653,8 +665,10 @@ class SKELLayer(nn.Module):
         model_vectors = vectors_to_cf(bone_vectors(self.apose_offsets[None], self.parents, shaped=False))
         derived("model_vectors", cf_matvec(per_joint_rot, model_vectors))
         derived("fixed", fixed_orientation_mask())
+        derived("model_half_turn", cf_half_turn(self.model_vectors))
         axes = torch.cat([torch.as_tensor(C.dof_axes(), dtype=torch.float32), torch.zeros(1, 3)])
         derived("axis_skew", cf_skew(axes.T)[..., None])
+        derived("axis_square", cf_matmul(self.axis_skew, self.axis_skew))
         derived("dof_slots", dof_slots())
         derived("chain_pointers", chain_pointers(self.parents))
         # Pose feature: only the SMPL joints some bone drives (the others' R − I is zero).
@@ -710,8 +724,10 @@ class SKELLayer(nn.Module):
         return self._pose(q, *rest.unbind(0))
 
     def _pose(self, q, rest_joints, offsets, body_vectors) -> PosedSkeleton:
-        rest_orientation = rest_orientation_cf(self.model_vectors, body_vectors, self.per_joint_rot_cf, self.fixed)
-        joint = joint_rotations_cf(q, self.axis_skew, self.dof_slots)
+        rest_orientation = rest_orientation_cf(
+            self.model_vectors, body_vectors, self.per_joint_rot_cf, self.fixed, self.model_half_turn
+        )
+        joint = joint_rotations_cf(q, self.axis_skew, self.axis_square, self.dof_slots)
         local_r, frame = local_rotations_cf(rest_orientation, self.apose_rot_cf, joint)
         translations = offsets + pose_translations_cf(q, rest_joints)
         world_r, world_t = chain_cf(local_r, translations, self.chain_pointers)
