@@ -7,7 +7,8 @@ fits the first b of them as one batch for each b in `--baseline-batches` (the au
 frames, 20 by default); its per-frame cost is its wall time over b, and it falls as b grows, so
 every batch size is reported. Ours is also run on the first b samples as one batch (same batch
 size). Figures: frames per second, PVE (mean and max over the vertices, metres), and the ratios of
-per-frame costs. Results go to a JSON file.
+per-frame costs, and on the CPU ours per core (frames per second over the torch threads). Results go to
+a JSON file.
 
     python bench/bench_convert.py --models storage/models --out storage/bench/convert.json [--device cuda]
 """
@@ -15,6 +16,7 @@ per-frame costs. Results go to a JSON file.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import platform
@@ -23,12 +25,14 @@ from dataclasses import replace
 
 import numpy as np
 import torch
-from results import write_result  # bench/ is on sys.path when a script runs
+from reference import package_at  # bench/ is on sys.path when a script runs
+from results import write_result
 
 from hsmr_data.synthetic.poses import sample_moderate_smpl_params
 from hsmr_model import skel_constants as C
+from hsmr_model import skel_fit
 from hsmr_model.model_files import BodyModelPaths, read_skel_model
-from hsmr_model.skel_fit import SkelFitConfig, SmplToSkel, batch_size_for, fit_in_batches, resolve_device
+from hsmr_model.skel_fit import SkelFitConfig, SmplToSkel, resolve_device
 from hsmr_model.skel_fit_baseline import fit_baseline
 from hsmr_model.skel_layer import SKELLayer
 from hsmr_model.smpl_layer import build_smpl, posed_vertices
@@ -48,18 +52,20 @@ def _pve_summary(pve_mean: np.ndarray, pve_max: np.ndarray) -> dict:
     }
 
 
-def bench_ours(skel, link, vertices, params, config: SkelFitConfig) -> dict:
+def bench_ours(skel, link, vertices, params, config: SkelFitConfig, library=skel_fit) -> dict:
+    """`library.fit_in_batches` (ours, or a reference commit's skel_fit module) timed on all the samples."""
     device = resolve_device(config.device)
-    fit_in_batches(skel, link, vertices[:8], None, params[:8], config)  # warm-up
+    library.fit_in_batches(skel, link, vertices[:8], None, params[:8], config)  # warm-up
     _synchronize(device)
     start = time.perf_counter()
-    result = fit_in_batches(skel, link, vertices, None, params, config)
+    result = library.fit_in_batches(skel, link, vertices, None, params, config)
     _synchronize(device)
     seconds = time.perf_counter() - start
-    init = fit_in_batches(skel, link, vertices, None, params, SkelFitConfig(iterations=0, device=config.device))
+    init_config = library.SkelFitConfig(iterations=0, device=config.device)
+    init = library.fit_in_batches(skel, link, vertices, None, params, init_config)
     return {
         "samples": int(vertices.shape[0]),
-        "batch_size": batch_size_for(config, device),
+        "batch_size": library.batch_size_for(config, device),
         "seconds": round(seconds, 3),
         "frames_per_s": round(vertices.shape[0] / seconds, 2),
         "seconds_per_frame": seconds / vertices.shape[0],
@@ -69,6 +75,22 @@ def bench_ours(skel, link, vertices, params, config: SkelFitConfig) -> dict:
         "share_converged": round(float(result.converged.mean()), 3),
         "max_joint_limit_violation_rad": float(_limit_violation(result.q)),
     }, result
+
+
+def reference_comparison(commit: str, data, smpl, vertices, params, args, ours_side) -> tuple[dict, dict]:
+    """The same conversion by ours (`ours_side()`) and by the library as it was at `commit`
+    (`bench/reference.py`), alternately `args.rounds` times; each side's fastest run."""
+    name = package_at(commit)
+    old_fit, old_layer = (importlib.import_module(f"{name}.{module}") for module in ("skel_fit", "skel_layer"))
+    old_skel = old_layer.SKELLayer(data)
+    old_link = old_fit.SmplToSkel.from_models(old_skel, data.J_regressor_osim, smpl)
+    old_config = old_fit.SkelFitConfig(device=args.device, batch_size=args.batch_size)
+    ours_runs, old_runs = [], []
+    for _ in range(args.rounds):
+        ours_runs.append(ours_side())
+        old_runs.append(bench_ours(old_skel, old_link, vertices, params, old_config, library=old_fit))
+    fastest = [min(runs, key=lambda run: run[0]["seconds"]) for runs in (ours_runs, old_runs)]
+    return fastest[0], {"commit": name.rsplit("_", 1)[-1], **fastest[1][0]}
 
 
 def _limit_violation(q: np.ndarray) -> float:
@@ -100,10 +122,12 @@ def main() -> None:
     parser.add_argument("--models", default="storage/models")
     parser.add_argument("--out", default="storage/bench/convert.json")
     parser.add_argument("--samples", type=int, default=512)
-    parser.add_argument("--baseline-batches", default="16,64", help="batch sizes the baseline runs at")
+    parser.add_argument("--baseline-batches", default="16,64", help="batch sizes the baseline runs at ('' for none)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
     parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--reference-commit", help="also convert with the library at this commit (same process)")
+    parser.add_argument("--rounds", type=int, default=3, help="runs per side against the reference, alternately")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -116,9 +140,23 @@ def main() -> None:
     vertices = posed_vertices(smpl, params)
     config = SkelFitConfig(device=str(device), batch_size=args.batch_size)
 
-    ours, fitted = bench_ours(skel, link, vertices, params, config)
+    def ours_side():
+        return bench_ours(skel, link, vertices, params, config)
+
+    reference = None
+    if args.reference_commit:
+        (ours, fitted), reference = reference_comparison(
+            args.reference_commit, data, smpl, vertices, params, args, ours_side
+        )
+        reference["speed_up"] = round(reference["seconds_per_frame"] / ours["seconds_per_frame"], 2)
+        reference["pve_mean_difference_m"] = round(ours["pve_mean_m"] - reference["pve_mean_m"], 6)
+        print(json.dumps({"reference": reference}))
+    else:
+        ours, fitted = ours_side()
+    if device.type == "cpu":  # one torch thread per core: the figure that scales to a many-core machine
+        ours["frames_per_s_per_cpu_core"] = round(ours["frames_per_s"] / torch.get_num_threads(), 2)
     comparisons = []
-    for count in (int(b) for b in args.baseline_batches.split(",")):
+    for count in (int(b) for b in args.baseline_batches.split(",") if b):
         same_batch, _ = bench_ours(skel, link, vertices[:count], params[:count], replace(config, batch_size=count))
         baseline = bench_baseline(skel, data, smpl, vertices[:count], params[:count], device)
         comparisons.append(
@@ -152,6 +190,7 @@ def main() -> None:
         "cpu_threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),
         "ours": ours,
+        "reference_commit": reference,
         "comparisons": comparisons,
         "goal": "ratio >= 1000 at equal or better PVE",
     }

@@ -16,11 +16,15 @@ Figures, per batch size (256 and 2048 by default):
   never run end to end on the CPU: its figure is the support run's scaled by the per-evaluation ratio.
 
     python bench/bench_skelify.py --models storage/models --out storage/bench/skelify.json [--device cuda]
+
+With `--reference-commit <sha>` the same figures are also measured, interleaved in this process, for the
+library as it was at that commit (`bench/reference.py`): the before/after ratio of one run.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
 import os
@@ -30,7 +34,8 @@ from dataclasses import replace
 
 import numpy as np
 import torch
-from results import write_result  # bench/ is on sys.path when a script runs
+from reference import package_at  # bench/ is on sys.path when a script runs
+from results import write_result
 
 from hsmr_model import camera
 from hsmr_model import skel_constants as C
@@ -38,7 +43,7 @@ from hsmr_model.model_files import BodyModelPaths, read_keypoint_regressor
 from hsmr_model.regressor import VertexRegressor
 from hsmr_model.skel_fit import resolve_device
 from hsmr_model.skel_layer import SKELLayer
-from hsmr_model.skelify import REFINER_STAGES, Skelify, SkelifyConfig, keypoint_mask
+from hsmr_model.skelify import REFINER_STAGES, Skelify, SkelifyConfig, Stage, keypoint_mask
 
 
 def synthetic_people(skel: SKELLayer, regressor: VertexRegressor, count: int, seed: int = 0) -> dict:
@@ -118,6 +123,52 @@ def refine_run(skelify: Skelify, people: dict, count: int) -> dict:
     }
 
 
+def reference_comparison(args, people: dict, skel: SKELLayer, regressor: VertexRegressor, device) -> dict:
+    """Ours against the library as it was at `args.reference_commit`, in this process, interleaved: objective
+    evaluations alternately, and the refiner end to end alternately (`args.reference_rounds` times each) at
+    the batch sizes up to `args.reference_run_max`. Each side's best time is kept."""
+    name = package_at(args.reference_commit)
+    old_layer, old_skelify, old_regressor, old_files = (
+        importlib.import_module(f"{name}.{module}") for module in ("skel_layer", "skelify", "regressor", "model_files")
+    )
+    paths = BodyModelPaths.from_root(args.models)
+    old_skel = old_layer.SKELLayer.from_file(paths.skel("male"))
+    old_keypoints = old_regressor.VertexRegressor.from_sparse(
+        old_files.read_keypoint_regressor(paths.keypoint_regressor).matrix
+    )
+    batches = {}
+    for size in sorted(args.batch_sizes):
+        sides = {
+            "ours": Skelify(skel, regressor, SkelifyConfig(batch_size=size, device=str(device))),
+            "reference": old_skelify.Skelify(
+                old_skel, old_keypoints, old_skelify.SkelifyConfig(batch_size=size, device=str(device))
+            ),
+        }
+        per_eval = {side: math.inf for side in sides}
+        for _ in range(args.repeats):
+            for side, skelify in sides.items():
+                per_eval[side] = min(per_eval[side], seconds_per_evaluation(skelify, people, size, 1))
+        entry = {
+            "seconds_per_evaluation": {side: round(value, 4) for side, value in per_eval.items()},
+            "evaluation_speed_up": round(per_eval["reference"] / per_eval["ours"], 2),
+        }
+        if size <= args.reference_run_max:
+            runs = {side: [] for side in sides}
+            for _ in range(args.reference_rounds):
+                for side, skelify in sides.items():
+                    runs[side].append(refine_run(skelify, people, size))
+            best = {side: min(side_runs, key=lambda run: run["seconds"]) for side, side_runs in runs.items()}
+            ours_error, old_error = (best[side]["kp2d_err_mean_end"] for side in ("ours", "reference"))
+            entry["refiner"] = {
+                **best,
+                "samples_per_s_speed_up": round(best["reference"]["seconds"] / best["ours"]["seconds"], 2),
+                "kp2d_err_end_relative_difference": round((ours_error - old_error) / old_error, 5),
+            }
+        batches[str(size)] = entry
+        print(json.dumps({"reference": {size: entry}}, indent=2), flush=True)
+    return {"commit": name.rsplit("_", 1)[-1], "batches": batches}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="storage/models")
@@ -128,6 +179,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed evaluations per path and batch size")
     parser.add_argument("--time-cap-s", type=float, default=600.0, help="longest end-to-end run to attempt")
     parser.add_argument("--mesh-runs", action="store_true", help="also run the full-mesh refiner end to end")
+    parser.add_argument("--reference-commit", help="also compare with the library at this commit (same process)")
+    parser.add_argument("--reference-run-max", type=int, default=256, help="largest batch refined end to end by both")
+    parser.add_argument("--reference-rounds", type=int, default=2, help="end-to-end runs per side, alternately")
+    parser.add_argument("--support-only", action="store_true", help="leave the full-mesh path out")
     parser.add_argument("--samples", type=int, default=0, help="also refine this many in batches (e.g. 18000)")
     args = parser.parse_args()
 
@@ -137,20 +192,21 @@ def main() -> None:
     skel = SKELLayer.from_file(paths.skel("male"))
     regressor = VertexRegressor.from_sparse(read_keypoint_regressor(paths.keypoint_regressor).matrix)
     people = synthetic_people(skel, regressor, max([*args.batch_sizes, args.samples]))
+    # The first LBFGS step of a process imports parts of torch for seconds: not the refiner's cost.
+    warm_up = Skelify(skel, regressor, SkelifyConfig(stages=(Stage(steps=1),), max_iter=2, device=str(device)))
+    warm_up.fit(people["q0"][:2], people["betas0"][:2], people["keypoints"][:2])
     batches = {}
     evaluations_per_run = None
     for size in sorted(args.batch_sizes):
         config = SkelifyConfig(batch_size=size, device=str(device))
         support = Skelify(skel, regressor, config)
         mesh = Skelify(skel, regressor, replace(config, keypoint_path="mesh"))
-        per_eval = {
-            "support": seconds_per_evaluation(support, people, size, args.repeats),
-            "mesh": seconds_per_evaluation(mesh, people, size, args.repeats),
-        }
-        entry = {
-            "seconds_per_evaluation": {path: round(value, 4) for path, value in per_eval.items()},
-            "mesh_over_support_per_evaluation": round(per_eval["mesh"] / per_eval["support"], 2),
-        }
+        per_eval = {"support": seconds_per_evaluation(support, people, size, args.repeats)}
+        if not args.support_only:
+            per_eval["mesh"] = seconds_per_evaluation(mesh, people, size, args.repeats)
+        entry = {"seconds_per_evaluation": {path: round(value, 4) for path, value in per_eval.items()}}
+        if not args.support_only:
+            entry["mesh_over_support_per_evaluation"] = round(per_eval["mesh"] / per_eval["support"], 2)
         estimate = None if evaluations_per_run is None else evaluations_per_run * per_eval["support"]
         if estimate is None or estimate <= args.time_cap_s:
             run = refine_run(support, people, size)
@@ -164,7 +220,7 @@ def main() -> None:
             }
         if args.mesh_runs:
             entry["mesh_refiner"] = refine_run(mesh, people, size)
-        else:
+        elif not args.support_only:
             entry["mesh_refiner"] = {
                 "samples_per_s": round(
                     entry["support_refiner"]["samples_per_s"] / entry["mesh_over_support_per_evaluation"], 3
@@ -187,6 +243,8 @@ def main() -> None:
         "load_average": os.getloadavg()[0],
         "batches": batches,
     }
+    if args.reference_commit:
+        result["reference"] = reference_comparison(args, people, skel, regressor, device)
     if args.samples:
         size = max(args.batch_sizes)
         skelify = Skelify(skel, regressor, SkelifyConfig(batch_size=size, device=str(device)))

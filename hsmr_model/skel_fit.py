@@ -41,7 +41,7 @@ import scipy.sparse as sp
 import torch
 
 from hsmr_model import skel_constants as C
-from hsmr_model.pose_repr import bone_rotations, euler_conventions
+from hsmr_model.pose_repr import euler_conventions
 from hsmr_model.regressor import VertexRegressor
 from hsmr_model.rotations import (
     axis_angle_to_matrix,
@@ -51,13 +51,12 @@ from hsmr_model.rotations import (
 )
 from hsmr_model.skel_layer import (
     SKELLayer,
-    blend_shapes,
+    SkinArrays,
     bone_rest_orientation,
-    chain,
-    first_children,
+    bone_vectors,
     local_offsets,
-    pose_translations,
-    smpl_pose_feature,
+    rotations_from_cf,
+    vectors_from_cf,
 )
 from hsmr_model.smpl_layer import SmplParams
 
@@ -289,22 +288,20 @@ def pose_from_bone_rotations(
 class SkinPart:
     """The SKEL skin arrays restricted to some vertices (all of them, or the fitting subset)."""
 
-    template: torch.Tensor  # (N, 3)
+    arrays: SkinArrays  # what the forward pass skins (channels first)
     shapedirs: torch.Tensor  # (N, 3, 10)
-    posedirs: torch.Tensor  # (207, 3N)
     weights: torch.Tensor  # (N, 24)
     influence: torch.Tensor  # (N, 24): weight of the bones in each bone's subtree
 
     @classmethod
     def of(cls, skel: SKELLayer, vertex_ids: torch.Tensor | None = None) -> SkinPart:
         """The layer's skin arrays at `vertex_ids` (all vertices when None)."""
-        template, shapedirs, posedirs, weights = skel.skin_template, skel.shapedirs, skel.posedirs, skel.skin_weights
+        shapedirs, weights = skel.shapedirs, skel.skin_weights
         if vertex_ids is not None:
-            ids = vertex_ids.to(template.device)
-            template, shapedirs, weights = template[ids], shapedirs[ids], weights[ids]
-            posedirs = posedirs.unflatten(1, (-1, 3))[:, ids].flatten(1)
+            ids = vertex_ids.to(shapedirs.device)
+            shapedirs, weights = shapedirs[ids], weights[ids]
         influence = weights @ subtree_matrix(skel.parents).to(weights).T
-        return cls(template, shapedirs, posedirs, weights, influence)
+        return cls(skel.skin_arrays(vertex_ids), shapedirs, weights, influence)
 
 
 def subtree_matrix(parents: tuple[int, ...]) -> torch.Tensor:
@@ -323,22 +320,6 @@ def homogeneous(points: torch.Tensor) -> torch.Tensor:
     return torch.cat([points, torch.ones_like(points[..., :1])], dim=-1)
 
 
-def blend_skin(
-    points: torch.Tensor, weights: torch.Tensor, world_r: torch.Tensor, world_t: torch.Tensor, rest_joints: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Linear blend skinning as one matmul and elementwise products (no per-vertex 3×3 matmuls).
-
-    Args:
-        points: (B, N, 3); weights: (N, J); world_r: (B, J, 3, 3); world_t, rest_joints: (B, J, 3).
-    Returns:
-        skinned points (B, N, 3) and the blended rotation of each point (B, N, 3, 3).
-    """
-    bind_t = world_t - (world_r @ rest_joints[..., None])[..., 0]
-    transforms = torch.cat([world_r, bind_t[..., None]], dim=-1).flatten(2)  # (B, J, 12)
-    blended = torch.matmul(weights, transforms).unflatten(-1, (3, 4))  # (B, N, 3, 4)
-    return torch.einsum("bnxy,bny->bnx", blended, homogeneous(points)), blended[..., :3]
-
-
 @dataclass(frozen=True)
 class PosedBody:
     """A SKEL forward pass with what the Jacobian needs (B samples, N skin points)."""
@@ -355,31 +336,23 @@ class PosedBody:
 
 
 def pose_body(skel: SKELLayer, part: SkinPart, q: torch.Tensor, betas: torch.Tensor, trans: torch.Tensor) -> PosedBody:
-    """SKEL skin of `part` and the joints; the same numbers as `SKELLayer.forward`.
+    """SKEL skin of `part` and the joints: `SKELLayer.forward`'s stages, kept with what the Jacobian needs.
 
     Args:
         q: (B, 46); betas: (B, 10); trans: (B, 3).
     """
-    rest_joints = skel.rest_joints(betas)
-    offsets = local_offsets(rest_joints, skel.parents)
-    rest_orientation = bone_rest_orientation(offsets, skel.apose_offsets, skel.per_joint_rot, skel.parents)
-    frame = rest_orientation @ skel.apose_rot.transpose(-1, -2)
-    local_r = frame @ bone_rotations(q) @ frame.transpose(-1, -2)
-    translations = offsets + pose_translations(q, rest_joints)
-    world_r, world_t = chain(local_r, translations, skel.parents)
-    pose_offsets = (smpl_pose_feature(local_r, skel.smpl_source) @ part.posedirs).unflatten(-1, (-1, 3))
-    points = blend_shapes(part.template, part.shapedirs, betas) + pose_offsets
-    skin, skin_rotation = blend_skin(points, part.weights, world_r, world_t, rest_joints)
+    pose = skel.posed_skeleton(q, betas)
+    skin, v_shaped, pose_offsets, blended = skel.pose_skin(pose, betas, part.arrays)
     return PosedBody(
-        skin + trans[:, None],
-        world_t + trans[:, None],
-        skin_rotation,
-        points,
-        local_r,
-        translations,
-        world_r,
-        frame,
-        rest_joints,
+        (skin + trans[:, :, None]).transpose(1, 2),
+        vectors_from_cf(pose.world_t) + trans[:, None],
+        blended[:, :, :3].permute(0, 3, 1, 2),
+        (v_shaped + pose_offsets).transpose(1, 2),
+        rotations_from_cf(pose.local_r),
+        vectors_from_cf(pose.translations),
+        rotations_from_cf(pose.world_r),
+        rotations_from_cf(pose.frame),
+        vectors_from_cf(pose.rest_joints),
     )
 
 
@@ -455,15 +428,6 @@ def pose_translation_jacobian(q: torch.Tensor, rest_joints: torch.Tensor) -> tor
     return torch.stack(out, dim=1)
 
 
-def _rest_bone_vectors(offsets: torch.Tensor, parents: tuple[int, ...]) -> torch.Tensor:
-    """The body vector each bone's rest orientation aligns with (`bone_rest_orientation`'s b). (B, 24, 3, ...)."""
-    body = offsets[:, list(first_children(parents))].clone()
-    for ulna, radius, hand in ((16, 17, 18), (21, 22, 23)):
-        body[:, ulna] = offsets[:, radius] + offsets[:, hand]
-    body[:, 12] = body[:, 11]
-    return body
-
-
 def minimal_rotation_rate(source: torch.Tensor, target: torch.Tensor, d_target: torch.Tensor) -> torch.Tensor:
     """Angular velocity ω (dR·Rᵀ = [ω]×) of `rotation_between_vectors(source, target)` as the target
     moves along d_target: ω = b̂ × db̂ − ((â × b̂)·db̂ / (1 + â·b̂))·b̂, db̂ = (I − b̂b̂ᵀ)·d/|b|.
@@ -530,9 +494,10 @@ def skeleton_shape_jacobian(skel: SKELLayer, body: PosedBody) -> tuple[torch.Ten
     parents = skel.parents
     offsets = local_offsets(body.rest_joints, parents)
     d_offsets = local_offsets(skel.joint_shapedirs.permute(2, 0, 1), parents).permute(1, 2, 0)  # (24, 3, 10)
-    model = torch.einsum("jab,jb->ja", skel.per_joint_rot, _rest_bone_vectors(skel.apose_offsets[None], parents)[0])
-    shaped = _rest_bone_vectors(offsets, parents)
-    d_shaped = _rest_bone_vectors(d_offsets[None], parents).expand(offsets.shape[0], -1, -1, -1)
+    model = torch.einsum("jab,jb->ja", skel.per_joint_rot, bone_vectors(skel.apose_offsets[None], parents)[0])
+    shaped = bone_vectors(offsets, parents)
+    d_shaped = bone_vectors(d_offsets.permute(2, 0, 1), parents).permute(1, 2, 0)  # (24, 3, 10)
+    d_shaped = d_shaped.expand(offsets.shape[0], -1, -1, -1)
     rate = minimal_rotation_rate(model.expand_as(shaped), shaped, d_shaped)  # (B, 24, 10, 3)
     rate[:, list(C.FIXED_ORIENTATION_BONES)] = 0.0
     parent_world = parent_rotations(body.world_r, parents)
@@ -805,7 +770,9 @@ def batch_size_for(config: SkelFitConfig, device: torch.device) -> int:
 def vertex_errors(skel: SKELLayer, x: torch.Tensor, smpl_vertices: torch.Tensor) -> torch.Tensor:
     """Per-vertex distance between the SKEL skin of x = [q | β | trans] and the SMPL vertices. (B, V), metres."""
     q, betas, trans = split_params(x)
-    return (pose_body(skel, SkinPart.of(skel), q, betas, trans).skin - smpl_vertices).norm(dim=-1)
+    # Not .norm(dim=-1): the skin is a channels-first view, and a norm over its strided last dimension is
+    # ten times slower than the sum of squares.
+    return (pose_body(skel, SkinPart.of(skel), q, betas, trans).skin - smpl_vertices).square().sum(-1).sqrt()
 
 
 @torch.no_grad()

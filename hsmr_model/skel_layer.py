@@ -1,12 +1,22 @@
 """The SKEL body model as a batched torch layer, read from the official `skel_{male,female}.pkl`.
 
-The math is a set of small pure functions (shapes in the docstrings, batch first); `SKELLayer`
-only holds the model arrays as buffers and wires the functions together. CPU and CUDA,
-float32 and float64, differentiable in q, β and the translation.
+The math is a set of small pure functions (shapes in the docstrings); `SKELLayer` holds the model
+arrays as buffers and wires the functions together. CPU and CUDA, float32 and float64,
+differentiable in q, β and the translation.
 
 Forward pass (shared/reference/skel_model_facts.md): shape the skin, regress the anatomical
 joints, orient each bone's rest frame along its bone, compose the per-DoF rotations, add the
 scapula and spine translations, chain the transforms, apply SMPL pose blend shapes, skin.
+
+Layout. The public functions and `SkelOutput` are batch first ((B, J, 3, 3), (B, V, 3)). Inside,
+the skeleton is computed component first and batch last: vectors (3, J, B), rotations (3, 3, J, B)
+("cf" in the names). A batch of 3×3 products is then one broadcast multiply and one sum over
+contiguous rows of B values, where the batch-first layout makes torch run B·J tiny matrix products
+(10 to 30 times slower on a CPU, launch-bound on a GPU). The skin is channels first (B, 3, N), so
+every per-vertex step is a GEMM or an elementwise pass over rows of N vertices. Everything linear
+in β (rest joints, their offsets, the bone vectors the rest frames align with) is one GEMM, the
+kinematic chain is composed by pointer jumping (3 steps for the 8 levels of the tree), and the pose
+blend shapes skip the four SMPL joints no SKEL bone drives.
 """
 
 from __future__ import annotations
@@ -22,14 +32,15 @@ from torch import nn
 
 from hsmr_model import skel_constants as C
 from hsmr_model.model_files import SkelModelData, read_skel_model
-from hsmr_model.pose_repr import bone_rotations
 from hsmr_model.regressor import VertexRegressor
-from hsmr_model.rotations import rotation_between_vectors
 
 
 @dataclass
 class SkelOutput:
-    """What one SKEL forward pass returns (B: batch, V: skin vertices, Nk: skeleton vertices)."""
+    """What one SKEL forward pass returns (B: batch, V: skin vertices, Nk: skeleton vertices).
+
+    v_shaped and pose_offsets are batch-first views of channels-first tensors (not contiguous: call
+    `.contiguous()` before `.view()` or heavy per-vertex math); the rest is contiguous."""
 
     skin_verts: torch.Tensor | None  # (B, V, 3), or (B, len(vertex_ids), 3) for a subset
     skel_verts: torch.Tensor | None  # (B, Nk, 3) when asked for
@@ -44,7 +55,89 @@ class SkelOutput:
     trans: torch.Tensor
 
 
-# ------------------------------------------------------------------------------------ pure math
+# ------------------------------------------------------------------- component-first helpers
+def vectors_to_cf(vectors: torch.Tensor) -> torch.Tensor:
+    """(B, J, 3) → (3, J, B), a view."""
+    return vectors.permute(2, 1, 0)
+
+
+def rotations_to_cf(rotations: torch.Tensor) -> torch.Tensor:
+    """(B, J, 3, 3) → (3, 3, J, B), a view; its own inverse is `rotations_from_cf`."""
+    return rotations.permute(2, 3, 1, 0)
+
+
+def vectors_from_cf(vectors: torch.Tensor) -> torch.Tensor:
+    """(3, J, B) → (B, J, 3), a view."""
+    return vectors.permute(2, 1, 0)
+
+
+def rotations_from_cf(rotations: torch.Tensor) -> torch.Tensor:
+    """(3, 3, J, B) → (B, J, 3, 3), a view."""
+    return rotations.permute(3, 2, 0, 1)
+
+
+def cf_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """3×3 products a·b of component-first matrices: (3, 3, *S), (3, 3, *S) → (3, 3, *S), S broadcast."""
+    return (a[:, :, None] * b[None]).sum(1)
+
+
+def cf_matvec(a: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """a·v: (3, 3, *S), (3, *S) → (3, *S), S broadcast."""
+    return (a * v[None]).sum(1)
+
+
+def cf_transpose(a: torch.Tensor) -> torch.Tensor:
+    """aᵀ of (3, 3, *S) matrices, a view."""
+    return a.transpose(0, 1)
+
+
+def cf_eye(like: torch.Tensor, trailing: int) -> torch.Tensor:
+    """The identity as a (3, 3, 1, …, 1) matrix with `trailing` broadcast dimensions."""
+    return torch.eye(3, dtype=like.dtype, device=like.device).view(3, 3, *([1] * trailing))
+
+
+def cf_skew(v: torch.Tensor) -> torch.Tensor:
+    """Cross-product matrices [v]×: (3, *S) → (3, 3, *S)."""
+    x, y, z = v
+    zero = torch.zeros_like(x)
+    return torch.stack([zero, -z, y, z, zero, -x, -y, x, zero]).unflatten(0, (3, 3))
+
+
+def cf_norm(v: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
+    """Lengths of component-first vectors, at least `eps`: (3, *S) → (*S). (A plain sum of squares:
+    linalg.vector_norm over a leading dimension is several times slower on a CPU.)"""
+    return v.square().sum(0).clamp_min(eps * eps).sqrt()
+
+
+def cf_half_turn(source: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Half turns R = 2·n·nᵀ − I about an axis n perpendicular to each source vector: (3, *S) → (3, 3, *S)."""
+    a = source / cf_norm(source, eps)
+    helper_x = (a[0].abs() <= 0.6).to(a.dtype)  # the x axis unless the source is close to it, then y
+    n = torch.linalg.cross(a, torch.stack([helper_x, 1 - helper_x, torch.zeros_like(helper_x)]), dim=0)
+    n = n / cf_norm(n, eps)
+    return 2.0 * n[:, None] * n[None] - cf_eye(n, n.ndim - 1)
+
+
+def cf_rotation_between(
+    source: torch.Tensor, target: torch.Tensor, eps: float = 1e-8, half_turn: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Minimal rotations R with R·source ∥ target, component first: (3, *S), (3, *S) → (3, 3, *S).
+
+    R = I + [v]× + [v]×²/(1 + c), v = â × b̂, c = â·b̂, with [v]×² = v·vᵀ − |v|²·I (no matrix
+    product). Antiparallel inputs get `half_turn` (`cf_half_turn` of the source, computed when None).
+    """
+    a = source / cf_norm(source, eps)
+    b = target / cf_norm(target, eps)
+    v = torch.linalg.cross(a, b, dim=0)
+    c = (a * b).sum(0)
+    eye = cf_eye(v, v.ndim - 1)
+    antiparallel = c < -1.0 + 1e-6
+    square = v[:, None] * v[None] - (v * v).sum(0) * eye
+    general = eye + cf_skew(v) + square / torch.where(antiparallel, torch.ones_like(c), 1.0 + c)
+    return torch.where(antiparallel, cf_half_turn(source, eps) if half_turn is None else half_turn, general)
+
+
+# ------------------------------------------------------------------------------- shape stage
 def blend_shapes(template: torch.Tensor, directions: torch.Tensor, betas: torch.Tensor) -> torch.Tensor:
     """Linear shape blend: template + directions·β.
 
@@ -60,11 +153,11 @@ def local_offsets(joints: torch.Tensor, parents: tuple[int, ...]) -> torch.Tenso
     """Each joint relative to its parent; the root keeps its absolute position.
 
     Args:
-        joints: (B, J, 3).
+        joints: (..., J, 3).
     Returns:
-        (B, J, 3).
+        (..., J, 3).
     """
-    return torch.cat([joints[:, :1], joints[:, 1:] - joints[:, list(parents[1:])]], dim=1)
+    return torch.cat([joints[..., :1, :], joints[..., 1:, :] - joints[..., list(parents[1:]), :]], dim=-2)
 
 
 def first_children(parents: tuple[int, ...]) -> tuple[int, ...]:
@@ -72,14 +165,56 @@ def first_children(parents: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(next((c for c in range(len(parents)) if parents[c] == j), 0) for j in range(len(parents)))
 
 
+ULNA_SPANS = ((16, 17, 18), (21, 22, 23))  # ulna, radius, hand: an ulna aligns with the segment to the wrist
+
+
+def bone_vectors(offsets: torch.Tensor, parents: tuple[int, ...], *, shaped: bool = True) -> torch.Tensor:
+    """The vector each bone's rest frame is aligned with: its first child's offset, the ulnae's through
+    the radius to the wrist; on the shaped body (`shaped`) the thorax takes the lumbar segment's.
+
+    Linear in the offsets. Args: offsets (..., 24, 3). Returns: (..., 24, 3).
+    """
+    vectors = offsets[..., list(first_children(parents)), :].clone()
+    for ulna, radius, hand in ULNA_SPANS:
+        vectors[..., ulna, :] = offsets[..., radius, :] + offsets[..., hand, :]
+    if shaped:
+        vectors[..., 12, :] = vectors[..., 11, :]
+    return vectors
+
+
+def fixed_orientation_mask() -> torch.Tensor:
+    """(24, 1) bool: the bones whose rest orientation does not follow the shape (Gk = I)."""
+    fixed = torch.zeros(C.NUM_BONES, 1, dtype=torch.bool)
+    fixed[list(C.FIXED_ORIENTATION_BONES)] = True
+    return fixed
+
+
+def rest_orientation_cf(
+    model_vectors: torch.Tensor,
+    body_vectors: torch.Tensor,
+    per_joint_rot: torch.Tensor,
+    fixed: torch.Tensor,
+    half_turn: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Rk01 = Gk·per_joint_rot, Gk the minimal rotation taking per_joint_rot·o (the model's bone vector)
+    onto b (the body's); Gk = I for the leaves and the head. Component first.
+
+    Args:
+        model_vectors: (3, 24, 1) per_joint_rot·o; body_vectors: (3, 24, B); per_joint_rot: (3, 3, 24, 1);
+        fixed: (24, 1) `fixed_orientation_mask` on the device; half_turn: `cf_half_turn(model_vectors)` or None.
+    Returns:
+        (3, 3, 24, B).
+    """
+    rotation = cf_rotation_between(model_vectors, body_vectors, half_turn=half_turn)
+    gk = torch.where(fixed, cf_eye(body_vectors, 2), rotation)
+    return cf_matmul(gk, per_joint_rot)
+
+
 def bone_rest_orientation(
     offsets: torch.Tensor, apose_offsets: torch.Tensor, per_joint_rot: torch.Tensor, parents: tuple[int, ...]
 ) -> torch.Tensor:
-    """Rk01: the rest orientation of each bone, aligning the model's bone with the shaped body's.
-
-    Gk is the minimal rotation taking per_joint_rot·o (the model's bone vector) onto b (the
-    body's); the ulnae span two segments (to the wrist), the thorax aligns with the lumbar
-    segment, and leaves and the head keep Gk = I.
+    """Rk01: the rest orientation of each bone, aligning the model's bone with the shaped body's
+    (`bone_vectors`, `rest_orientation_cf`).
 
     Args:
         offsets: (B, 24, 3) joint offsets of the shaped body (`local_offsets`).
@@ -88,19 +223,65 @@ def bone_rest_orientation(
     Returns:
         (B, 24, 3, 3).
     """
-    child = list(first_children(parents))
-    body = offsets[:, child].clone()
-    model = apose_offsets[child].expand(offsets.shape[0], -1, -1).clone()
-    for ulna, radius, hand in ((16, 17, 18), (21, 22, 23)):
-        body[:, ulna] = offsets[:, radius] + offsets[:, hand]
-        model[:, ulna] = apose_offsets[radius] + apose_offsets[hand]
-    body[:, 12] = body[:, 11]
-    gk = rotation_between_vectors(torch.einsum("jab,njb->nja", per_joint_rot, model), body)
-    fixed = torch.zeros(len(parents), dtype=torch.bool, device=offsets.device)
-    fixed[list(C.FIXED_ORIENTATION_BONES)] = True
-    eye = torch.eye(3, dtype=offsets.dtype, device=offsets.device)
-    gk = torch.where(fixed[None, :, None, None], eye, gk)
-    return gk @ per_joint_rot
+    per_joint_rot_cf = rotations_to_cf(per_joint_rot[None])
+    model = cf_matvec(per_joint_rot_cf, vectors_to_cf(bone_vectors(apose_offsets[None], parents, shaped=False)))
+    body = vectors_to_cf(bone_vectors(offsets, parents))
+    fixed = fixed_orientation_mask().to(offsets.device)
+    return rotations_from_cf(rest_orientation_cf(model, body, per_joint_rot_cf, fixed))
+
+
+# -------------------------------------------------------------------------------- pose stage
+def dof_slots() -> torch.Tensor:
+    """(3, 24) int64: the k-th DoF of each bone, or 46 (a zero angle: the identity) past its last."""
+    slots = torch.full((3, C.NUM_BONES), C.NUM_DOFS, dtype=torch.int64)
+    for bone in range(C.NUM_BONES):
+        for k in range(C.BONE_NUM_DOFS[bone]):
+            slots[k, bone] = C.BONE_FIRST_DOF[bone] + k
+    return slots
+
+
+def joint_rotations_cf(
+    q: torch.Tensor, axis_skew: torch.Tensor, axis_square: torch.Tensor, slots: torch.Tensor
+) -> torch.Tensor:
+    """Per-bone joint rotation Rp = R_3·R_2·R_1, R_k = exp(q_k·[a_k]×) by Rodrigues; cf `pose_repr.bone_rotations`.
+
+    Args:
+        q: (B, 46); axis_skew: (3, 3, 47, 1) [a]× of every DoF axis and a zero for the padding
+        slot 46; axis_square: its square [a]×²; slots: (3, 24) from `dof_slots`.
+    Returns:
+        (3, 3, 24, B).
+    """
+    angles = torch.nn.functional.pad(q.T, (0, 0, 0, 1))  # (47, B), the padding slot at angle 0
+    per_dof = cf_eye(q, 2) + axis_skew * torch.sin(angles) + axis_square * (1 - torch.cos(angles))
+    first, second, third = (per_dof.index_select(2, slot) for slot in slots)
+    return cf_matmul(third, cf_matmul(second, first))
+
+
+def local_rotations_cf(rest_orientation: torch.Tensor, apose_rot: torch.Tensor, joint_rotations: torch.Tensor):
+    """Local rotation R = F·Rp·Fᵀ with F = Rk01·Raᵀ (the DoF rotations moved into the bone frame).
+
+    Args:
+        rest_orientation: (3, 3, 24, B); apose_rot: (3, 3, 24, 1); joint_rotations: (3, 3, 24, B).
+    Returns:
+        local rotations and the frames F, each (3, 3, 24, B).
+    """
+    frame = cf_matmul(rest_orientation, cf_transpose(apose_rot))
+    return cf_matmul(cf_matmul(frame, joint_rotations), cf_transpose(frame)), frame
+
+
+def local_rotations(rest_orientation: torch.Tensor, apose_rot: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Local rotation of each bone: R = Rk01·Raᵀ·Rp·Ra·Rk01ᵀ (the DoF rotations moved into the bone frame).
+
+    Args:
+        rest_orientation: (B, 24, 3, 3) Rk01; apose_rot: (24, 3, 3) Ra; q: (B, 46).
+    Returns:
+        (B, 24, 3, 3).
+    """
+    axis_skew = cf_skew(torch.cat([torch.as_tensor(C.dof_axes(), dtype=q.dtype, device=q.device), q.new_zeros(1, 3)]).T)
+    axis_skew = axis_skew[..., None]
+    joint = joint_rotations_cf(q, axis_skew, cf_matmul(axis_skew, axis_skew), dof_slots().to(q.device))
+    local, _ = local_rotations_cf(rotations_to_cf(rest_orientation), rotations_to_cf(apose_rot[None]), joint)
+    return rotations_from_cf(local)
 
 
 def scapula_offset(
@@ -114,16 +295,15 @@ def scapula_offset(
     Returns:
         (B, 3).
     """
-
-    def position(a: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-        if left:
-            a, e = -a, -e
-        tilt = e - math.pi / 4
-        x = (width / 4) * torch.cos(tilt) * torch.cos(a)
-        return torch.stack([x if left else -x, -(height / 2) * torch.sin(tilt), (width / 4) * torch.sin(a)], -1)
-
-    zero = torch.zeros_like(abduction)
-    return position(abduction, elevation) - position(zero, zero)
+    # The left scapula mirrors the right (s = −1): its angles turn the other way and its x points the other
+    # way. Position p(a, e) = [−s·(w/4)·cos t·cos a', −(h/2)·sin t, (w/4)·sin a'], a' = s·a, t = s·e − π/4;
+    # the offset is p(a, e) − p(0, 0).
+    sign = -1.0 if left else 1.0
+    turned, tilt = sign * abduction, sign * elevation - math.pi / 4
+    quarter = width / 4
+    x = (-sign * quarter) * (torch.cos(tilt) * torch.cos(turned) - math.cos(math.pi / 4))
+    y = (-0.5 * height) * (torch.sin(tilt) + math.sin(math.pi / 4))
+    return torch.stack([x, y, quarter * torch.sin(turned)], -1)
 
 
 def _arc(angle: torch.Tensor, length: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,13 +319,48 @@ def spine_arc_offset(bending: torch.Tensor, extension: torch.Tensor, length: tor
     """Translation of a spine joint whose segment bends as a constant-curvature arc, relative to q = 0.
 
     Args:
-        bending, extension: (B,); length: (B,) the segment's rest height.
+        bending, extension: (...,); length: (...,) the segment's rest height.
     Returns:
-        (B, 3).
+        (..., 3).
     """
-    x_bend, y_bend = _arc(bending, length)
-    x_ext, y_ext = _arc(extension, length)
+    (x_bend, x_ext), (y_bend, y_ext) = _arc(torch.stack([bending, extension]), length)
     return torch.stack([-x_bend, y_bend + y_ext - 2 * length, -x_ext], -1)
+
+
+_SPINE = tuple(C.SPINE_ARC_BONES.items())
+_TRANSLATED_BONES = (*C.SCAPULA_BONES.values(), *(bone for bone, _ in _SPINE))
+
+
+def pose_translations_cf(q: torch.Tensor, joints: torch.Tensor) -> torch.Tensor:
+    """Pose-dependent translations added to the local offsets (scapulae and spine arcs), component first.
+
+    Args:
+        q: (B, 46); joints: (3, 24, B) rest joints of the shaped body.
+    Returns:
+        (3, 24, B), zero for pure-rotation joints.
+    """
+    width = cf_norm(joints[:, 19] - joints[:, 14])
+    height = cf_norm(joints[:, 12] - joints[:, 11])
+    moved = []
+    for side, bone in C.SCAPULA_BONES.items():
+        first = C.BONE_FIRST_DOF[bone]
+        moved.append(scapula_offset(q[:, first], q[:, first + 1], width, height, left=side == "left"))
+    bend, ext, lower, upper = zip(*(dofs for _, dofs in _SPINE), strict=True)
+    lengths = (_pick(joints[1], upper) - _pick(joints[1], lower)).abs()  # (3 bones, B)
+    spine = spine_arc_offset(_pick(q.T, bend), _pick(q.T, ext), lengths)  # (3 bones, B, 3)
+    per_bone = [torch.zeros_like(joints[:, 0])] * C.NUM_BONES
+    for bone, offset in zip(_TRANSLATED_BONES, [*moved, *spine], strict=True):
+        per_bone[bone] = offset.T
+    return torch.stack(per_bone, dim=1)
+
+
+def _pick(values: torch.Tensor, indices: tuple[int, ...]) -> torch.Tensor:
+    """values[indices] along the first dimension without an index tensor (one a GPU would wait to be sent):
+    a strided slice when the indices are evenly spaced, else a stack of rows."""
+    step = indices[1] - indices[0] if len(indices) > 1 else 1
+    if step > 0 and all(b - a == step for a, b in zip(indices, indices[1:], strict=False)):
+        return values[indices[0] : indices[-1] + 1 : step]
+    return torch.stack([values[i] for i in indices])
 
 
 def pose_translations(q: torch.Tensor, joints: torch.Tensor) -> torch.Tensor:
@@ -156,46 +371,58 @@ def pose_translations(q: torch.Tensor, joints: torch.Tensor) -> torch.Tensor:
     Returns:
         (B, 24, 3), zero for pure-rotation joints.
     """
-    extra = [torch.zeros_like(joints[:, 0])] * C.NUM_BONES
-    width = (joints[:, 19] - joints[:, 14]).norm(dim=-1)
-    height = (joints[:, 12] - joints[:, 11]).norm(dim=-1)
-    for side, bone in C.SCAPULA_BONES.items():
-        first = C.BONE_FIRST_DOF[bone]
-        extra[bone] = scapula_offset(q[:, first], q[:, first + 1], width, height, left=side == "left")
-    for bone, (bend, ext, lower, upper) in C.SPINE_ARC_BONES.items():
-        length = (joints[:, upper, 1] - joints[:, lower, 1]).abs()
-        extra[bone] = spine_arc_offset(q[:, bend], q[:, ext], length)
-    return torch.stack(extra, dim=1)
+    return vectors_from_cf(pose_translations_cf(q, vectors_to_cf(joints)))
 
 
-def local_rotations(rest_orientation: torch.Tensor, apose_rot: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """Local rotation of each bone: R = Rk01·Raᵀ·Rp·Ra·Rk01ᵀ (the DoF rotations moved into the bone frame).
+# ------------------------------------------------------------------------------ chain stage
+def chain_pointers(parents: tuple[int, ...]) -> torch.Tensor:
+    """Pointer-jumping tables of the tree: row s maps each joint to its ancestor 2^s levels up, or to J
+    (an identity slot) past the root; as many rows as it takes for every pointer to reach J. (S, J + 1)."""
+    count = len(parents)
+    pointer = [count if p < 0 else p for p in parents] + [count]
+    rows = []
+    while any(p != count for p in pointer[:count]):
+        rows.append(pointer)
+        pointer = [pointer[p] for p in pointer]
+    return torch.as_tensor(rows, dtype=torch.int64).reshape(len(rows), count + 1)
+
+
+def chain_cf(rotations: torch.Tensor, translations: torch.Tensor, pointers: torch.Tensor):
+    """Compose local rigid transforms down the kinematic tree by pointer jumping, component first.
+
+    After step s each joint holds its transform relative to its ancestor 2^(s+1) levels up, so
+    log2(depth) steps give the world transforms (3 for SKEL's 8 levels instead of 23 sequential ones).
 
     Args:
-        rest_orientation: (B, 24, 3, 3) Rk01; apose_rot: (24, 3, 3) Ra; q: (B, 46).
+        rotations: (3, 3, J, B); translations: (3, J, B), the root's being its absolute position;
+        pointers: (S, J + 1) from `chain_pointers`.
     Returns:
-        (B, 24, 3, 3).
+        world rotations (3, 3, J, B) and world translations (3, J, B).
     """
-    frame = rest_orientation @ apose_rot.transpose(-1, -2)
-    return frame @ bone_rotations(q) @ frame.transpose(-1, -2)
+    batch = rotations.shape[-1]
+    identity = torch.cat([cf_eye(rotations, 2), rotations.new_zeros(3, 1, 1, 1)], dim=1).expand(3, 4, 1, batch)
+    transforms = torch.cat([torch.cat([rotations, translations[:, None]], dim=1), identity], dim=2)  # [R | t]
+    for pointer in pointers:
+        parent = transforms.index_select(2, pointer)
+        transforms = cf_matmul(parent[:, :3], transforms)  # [R_p·R | R_p·t] ...
+        transforms[:, 3] += parent[:, 3]  # ... + [0 | t_p]
+    return transforms[:, :3, :-1], transforms[:, 3, :-1]
 
 
 def chain(rotations: torch.Tensor, translations: torch.Tensor, parents: tuple[int, ...]):
-    """Compose local rigid transforms down the kinematic tree.
+    """Compose local rigid transforms down the kinematic tree (`chain_cf`).
 
     Args:
         rotations: (B, J, 3, 3); translations: (B, J, 3), the root's being its absolute position.
     Returns:
         world rotations (B, J, 3, 3) and world translations (B, J, 3).
     """
-    world_r, world_t = [rotations[:, 0]], [translations[:, 0]]
-    for j in range(1, len(parents)):
-        p = parents[j]
-        world_r.append(world_r[p] @ rotations[:, j])
-        world_t.append(world_t[p] + (world_r[p] @ translations[:, j, :, None])[..., 0])
-    return torch.stack(world_r, 1), torch.stack(world_t, 1)
+    pointers = chain_pointers(parents).to(rotations.device)
+    world_r, world_t = chain_cf(rotations_to_cf(rotations), vectors_to_cf(translations), pointers)
+    return rotations_from_cf(world_r), vectors_from_cf(world_t)
 
 
+# ------------------------------------------------------------------------------- skin stage
 def smpl_pose_feature(rotations: torch.Tensor, smpl_source: tuple[int, ...]) -> torch.Tensor:
     """SMPL pose blend-shape feature (R_smpl[1:] − I), each SMPL joint taking a SKEL bone's local rotation.
 
@@ -211,6 +438,36 @@ def smpl_pose_feature(rotations: torch.Tensor, smpl_source: tuple[int, ...]) -> 
     return (picked - eye).flatten(1)
 
 
+def apply_blended_affine(
+    transforms: torch.Tensor, weights_t: torch.Tensor, points: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Blend per-bone affine maps [R | t] by per-point weights and apply each blend to its point.
+
+    One GEMM blends the maps (no per-point 3×3 products); applying them is three fused
+    multiply-adds over rows of N points.
+
+    Args:
+        transforms: (3, 4, J, B) component first; weights_t: (J, N); points: (B, 3, N) channels first.
+    Returns:
+        the moved points (B, 3, N) and the blended maps (B, 3, 4, N).
+    """
+    batch, count = points.shape[0], points.shape[-1]
+    flat = transforms.permute(3, 0, 1, 2).reshape(batch, 12, transforms.shape[2])
+    blended = torch.mm(flat.flatten(0, 1), weights_t).view(batch, 3, 4, count)
+    # unbind, not indexing: its backward stacks the four gradients instead of filling four zero maps.
+    columns, coordinates = blended.unbind(2), points.unbind(1)
+    moved = columns[3]
+    for column, coordinate in zip(columns[:3], coordinates, strict=True):
+        moved = torch.addcmul(moved, column, coordinate[:, None])
+    return moved, blended
+
+
+def skinning_transforms(world_r: torch.Tensor, world_t: torch.Tensor, rest_joints: torch.Tensor) -> torch.Tensor:
+    """The bone transforms relative to the rest joints, [R | t − R·J], component first:
+    (3, 3, J, B), (3, J, B), (3, J, B) → (3, 4, J, B)."""
+    return torch.cat([world_r, (world_t - cf_matvec(world_r, rest_joints))[:, None]], dim=1)
+
+
 def linear_blend_skinning(
     points: torch.Tensor, weights: torch.Tensor, world_r: torch.Tensor, world_t: torch.Tensor, rest_joints: torch.Tensor
 ) -> torch.Tensor:
@@ -221,10 +478,8 @@ def linear_blend_skinning(
     Returns:
         (B, N, 3).
     """
-    bind_t = world_t - (world_r @ rest_joints[..., None])[..., 0]
-    blended_r = torch.matmul(weights, world_r.flatten(2)).unflatten(-1, (3, 3))  # (B, N, 3, 3)
-    blended_t = torch.matmul(weights, bind_t)
-    return (blended_r @ points[..., None])[..., 0] + blended_t
+    transforms = skinning_transforms(rotations_to_cf(world_r), vectors_to_cf(world_t), vectors_to_cf(rest_joints))
+    return apply_blended_affine(transforms, weights.T, points.transpose(1, 2))[0].transpose(1, 2)
 
 
 def bone_scales(offsets: torch.Tensor, apose_offsets: torch.Tensor, parents: tuple[int, ...]) -> torch.Tensor:
@@ -251,9 +506,109 @@ def bone_scales(offsets: torch.Tensor, apose_offsets: torch.Tensor, parents: tup
     return torch.stack(scales, dim=1)
 
 
+# --------------------------------------------------------------------------------- records
+@dataclass(frozen=True)
+class PosedSkeleton:
+    """The skeleton of one forward pass, component first (B samples)."""
+
+    rest_joints: torch.Tensor  # (3, 24, B)
+    rest_orientation: torch.Tensor  # (3, 3, 24, B) Rk01
+    frame: torch.Tensor  # (3, 3, 24, B) F = Rk01·Raᵀ, local R = F·Rp·Fᵀ
+    local_r: torch.Tensor  # (3, 3, 24, B)
+    translations: torch.Tensor  # (3, 24, B) local translations (offsets and the pose-dependent ones)
+    world_r: torch.Tensor  # (3, 3, 24, B)
+    world_t: torch.Tensor  # (3, 24, B) joints before the global translation
+
+
+@dataclass(frozen=True)
+class SkinArrays:
+    """The skin arrays of some vertices (all, or a regressor's support), channels first (N vertices)."""
+
+    template: torch.Tensor  # (3N,) x of every vertex, then y, then z
+    shapedirs: torch.Tensor  # (10, 3N)
+    posedirs: torch.Tensor  # (9·F, 3N) rows (x, y, driven SMPL joint) of the pose feature
+    pose_constant: torch.Tensor  # (3N,) −Σ of the diagonal rows: the feature is R − I
+    weights_t: torch.Tensor  # (24, N) skinning weights, transposed
+
+    @property
+    def count(self) -> int:
+        return self.weights_t.shape[1]
+
+    def select(self, vertex_ids: torch.Tensor) -> SkinArrays:
+        """The arrays of `vertex_ids` only."""
+
+        def pick(flat: torch.Tensor) -> torch.Tensor:
+            return flat.unflatten(-1, (3, -1))[..., vertex_ids].flatten(-2)
+
+        return SkinArrays(
+            pick(self.template), pick(self.shapedirs), pick(self.posedirs), pick(self.pose_constant),
+            self.weights_t[:, vertex_ids],
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class KeypointSkinning:
+    """A vertex regressor folded into the skinning (P pairs of a keypoint and a bone that skins its vertices).
+
+    keypoint_k = Σ_n r_kn·Σ_j w_nj·(R_j·v_n + t_j − R_j·J_j), v_n = template + shapedirs·β + posedirs·f,
+    regroups by linearity into Σ over the pairs p = (k, j) of R_j·(a_p − c_p·J_j) + c_p·t_j, with
+    a_p = Σ_n r_kn·w_nj·v_n (linear in β and the pose feature f: one small GEMM) and c_p = Σ_n r_kn·w_nj.
+    The same numbers as skinning the regressor's support and regressing it, a few times fewer operations.
+    """
+
+    bones: torch.Tensor  # (P,) int64, the bone of each pair
+    coefficients: torch.Tensor  # (3P, 10 + 9·F) ∂a/∂[β | f], rows (xyz, pair)
+    constant: torch.Tensor  # (3P, 1) a at β = 0, R = I
+    weight: torch.Tensor  # (P,) c_p
+    gather: torch.Tensor  # (K, P) 1 where pair p belongs to keypoint k
+    row_sums: torch.Tensor  # (K,) Σ_n r_kn: how much of the global translation each keypoint carries
+    regressor: VertexRegressor  # what was folded (kept so that the cache key stays alive)
+
+    @classmethod
+    def fold(cls, regressor: VertexRegressor, support: SkinArrays) -> KeypointSkinning:
+        """Fold `regressor` into `support`, the skin arrays of its vertex_ids."""
+        weights = regressor.weights.to(support.template)
+        per_bone = weights[:, None, :] * support.weights_t[None]  # (K, 24, S)
+        keypoint, bone = torch.nonzero(per_bone.abs().sum(-1) > 0, as_tuple=True)
+        pair = per_bone[keypoint, bone]  # (P, S)
+
+        def fold_rows(flat: torch.Tensor) -> torch.Tensor:  # (R, 3S) → (R, 3P)
+            return torch.einsum("ps,rcs->rcp", pair, flat.unflatten(-1, (3, -1))).flatten(1)
+
+        constant = fold_rows((support.template + support.pose_constant)[None])[0]
+        gather = torch.zeros(weights.shape[0], len(bone), dtype=weights.dtype, device=weights.device)
+        gather[keypoint, torch.arange(len(bone), device=weights.device)] = 1.0
+        return cls(
+            bones=bone,
+            coefficients=torch.cat([fold_rows(support.shapedirs), fold_rows(support.posedirs)]).T.contiguous(),
+            constant=constant[:, None],
+            weight=pair.sum(-1),
+            gather=gather,
+            row_sums=weights.sum(-1),
+            regressor=regressor,
+        )
+
+    def keypoints(self, pose: PosedSkeleton, pose_feature: torch.Tensor, betas: torch.Tensor) -> torch.Tensor:
+        """Keypoints before the global translation, component first: (3, K, B).
+
+        Args:
+            pose: the skeleton; pose_feature: (9·F, B) its local rotations' feature rows; betas: (B, 10).
+        """
+        inputs = torch.cat([betas.T, pose_feature])
+        points = torch.addmm(self.constant, self.coefficients, inputs).view(3, len(self.bones), -1)  # a_p (3, P, B)
+        rotation = pose.world_r.index_select(2, self.bones)
+        weight = self.weight[:, None]
+        moved = points - weight * pose.rest_joints.index_select(1, self.bones)
+        placed = cf_matvec(rotation, moved) + weight * pose.world_t.index_select(1, self.bones)
+        return torch.matmul(self.gather, placed)
+
+
 # --------------------------------------------------------------------------------------- module
 def _dense(matrix: sp.spmatrix) -> torch.Tensor:
     return torch.as_tensor(np.asarray(matrix.toarray()), dtype=torch.float32)
+
+
+_CACHE_SIZE = 8  # vertex subsets and folded regressors kept by SKELLayer
 
 
 class SKELLayer(nn.Module):
@@ -270,7 +625,6 @@ class SKELLayer(nn.Module):
         shapedirs = torch.as_tensor(model.shapedirs, dtype=f32)
         self.register_buffer("skin_template", template)
         self.register_buffer("shapedirs", shapedirs)
-        self.register_buffer("posedirs", torch.as_tensor(model.posedirs, dtype=f32).flatten(0, 1).T.contiguous())
         self.register_buffer("skin_weights", _dense(model.skin_weights))
         self.register_buffer("smpl_joint_regressor", _dense(model.J_regressor))
         # Joints depend on the shape only through W·template and W·shapedirs: the joints-only
@@ -289,6 +643,46 @@ class SKELLayer(nn.Module):
         for bone, smpl_joint in enumerate(C.SKEL_TO_SMPL_JOINT):
             source[smpl_joint] = bone
         self.smpl_source = tuple(source[1:])
+        self._register_derived(model)
+        self._cache: dict[tuple[str, int], tuple[object, torch.Tensor, object]] = {}
+
+    def _register_derived(self, model: SkelModelData) -> None:
+        """Constant arrays of the component-first forward pass (not part of the state dict)."""
+
+        def derived(name: str, value: torch.Tensor) -> None:
+            self.register_buffer(name, value.contiguous(), persistent=False)
+
+        # Rest joints, their offsets and the bone vectors are linear in β: rows (quantity, xyz, joint).
+        basis = torch.cat([self.joint_template[None], self.joint_shapedirs.permute(2, 0, 1)])  # (11, 24, 3)
+        offsets = local_offsets(basis, self.parents)
+        stacked = torch.stack([basis, offsets, bone_vectors(offsets, self.parents)], 1)  # (11, 3, 24, 3)
+        stacked = stacked.transpose(-1, -2).flatten(1)  # (11, 216)
+        derived("shape_constant", stacked[0][:, None])
+        derived("shape_matrix", stacked[1:].T)
+        per_joint_rot = rotations_to_cf(self.per_joint_rot[None])
+        derived("per_joint_rot_cf", per_joint_rot)
+        derived("apose_rot_cf", rotations_to_cf(self.apose_rot[None]))
+        model_vectors = vectors_to_cf(bone_vectors(self.apose_offsets[None], self.parents, shaped=False))
+        derived("model_vectors", cf_matvec(per_joint_rot, model_vectors))
+        derived("fixed", fixed_orientation_mask())
+        derived("model_half_turn", cf_half_turn(self.model_vectors))
+        axes = torch.cat([torch.as_tensor(C.dof_axes(), dtype=torch.float32), torch.zeros(1, 3)])
+        derived("axis_skew", cf_skew(axes.T)[..., None])
+        derived("axis_square", cf_matmul(self.axis_skew, self.axis_skew))
+        derived("dof_slots", dof_slots())
+        derived("chain_pointers", chain_pointers(self.parents))
+        # Pose feature: only the SMPL joints some bone drives (the others' R − I is zero).
+        driven = [(smpl - 1, bone) for smpl, bone in enumerate(self.smpl_source, start=1) if bone >= 0]
+        derived("feature_bones", torch.as_tensor([bone for _, bone in driven]))
+        posedirs = torch.as_tensor(model.posedirs, dtype=torch.float32)  # (V, 3, 207)
+        rows = [9 * joint + 3 * x + y for x in range(3) for y in range(3) for joint, _ in driven]
+        diagonal = [9 * joint + 4 * x for x in range(3) for joint, _ in driven]
+        derived("skin_template_cf", self.skin_template.T.flatten())
+        derived("shapedirs_cf", self.shapedirs.permute(2, 1, 0).flatten(1))
+        derived("posedirs_cf", posedirs[..., rows].permute(2, 1, 0).flatten(1))
+        derived("pose_constant_cf", -posedirs[..., diagonal].sum(-1).T.flatten())
+        derived("skin_weights_t", self.skin_weights.T)
+        derived("skel_template_cf", self.skel_template.T)
 
     @classmethod
     def from_file(cls, path: Path | str) -> SKELLayer:
@@ -299,6 +693,46 @@ class SKELLayer(nn.Module):
         """Anatomical joints of the shaped body in the rest pose: (B, 10) → (B, 24, 3)."""
         return blend_shapes(self.joint_template, self.joint_shapedirs, betas)
 
+    def skin_arrays(self, vertex_ids: torch.Tensor | None = None) -> SkinArrays:
+        """The skin arrays of all vertices, or of `vertex_ids` (kept for the last few id tensors seen)."""
+        full = SkinArrays(
+            self.skin_template_cf, self.shapedirs_cf, self.posedirs_cf, self.pose_constant_cf, self.skin_weights_t
+        )
+        if vertex_ids is None:
+            return full
+        return self._cached("subset", vertex_ids, lambda: full.select(vertex_ids.to(full.template.device)))
+
+    def keypoint_skinning(self, regressor: VertexRegressor) -> KeypointSkinning:
+        """`regressor` folded into the skinning (kept for the last few regressors seen)."""
+        support = self.skin_arrays(regressor.vertex_ids)
+        return self._cached("keypoints", regressor.weights, lambda: KeypointSkinning.fold(regressor, support))
+
+    def _cached(self, kind: str, key: torch.Tensor, build):
+        """`build()` for the tensor `key`, rebuilt when the layer moved to another device or dtype."""
+        like = self.skin_template_cf
+        entry = self._cache.get((kind, id(key)))
+        if entry is None or entry[0] is not key or entry[1].device != like.device or entry[1].dtype != like.dtype:
+            while len(self._cache) >= _CACHE_SIZE:
+                self._cache.pop(next(iter(self._cache)))
+            entry = (key, like, build())
+            self._cache[(kind, id(key))] = entry
+        return entry[2]
+
+    def posed_skeleton(self, q: torch.Tensor, betas: torch.Tensor) -> PosedSkeleton:
+        """The whole skeleton stage, component first: q (B, 46), β (B, 10)."""
+        rest = torch.addmm(self.shape_constant, self.shape_matrix, betas.T).view(3, 3, C.NUM_BONES, -1)
+        return self._pose(q, *rest.unbind(0))
+
+    def _pose(self, q, rest_joints, offsets, body_vectors) -> PosedSkeleton:
+        rest_orientation = rest_orientation_cf(
+            self.model_vectors, body_vectors, self.per_joint_rot_cf, self.fixed, self.model_half_turn
+        )
+        joint = joint_rotations_cf(q, self.axis_skew, self.axis_square, self.dof_slots)
+        local_r, frame = local_rotations_cf(rest_orientation, self.apose_rot_cf, joint)
+        translations = offsets + pose_translations_cf(q, rest_joints)
+        world_r, world_t = chain_cf(local_r, translations, self.chain_pointers)
+        return PosedSkeleton(rest_joints, rest_orientation, frame, local_r, translations, world_r, world_t)
+
     def pose_skeleton(self, q: torch.Tensor, rest_joints: torch.Tensor):
         """Local rotations, world rotations and translations, and bone rest orientations.
 
@@ -306,15 +740,40 @@ class SKELLayer(nn.Module):
             local_r (B, 24, 3, 3), world_r (B, 24, 3, 3), world_t (B, 24, 3), rest_orientation (B, 24, 3, 3).
         """
         offsets = local_offsets(rest_joints, self.parents)
-        rest_orientation = bone_rest_orientation(offsets, self.apose_offsets, self.per_joint_rot, self.parents)
-        local_r = local_rotations(rest_orientation, self.apose_rot, q)
-        world_r, world_t = chain(local_r, offsets + pose_translations(q, rest_joints), self.parents)
-        return local_r, world_r, world_t, rest_orientation
+        cf = [vectors_to_cf(v) for v in (rest_joints, offsets, bone_vectors(offsets, self.parents))]
+        pose = self._pose(q, *cf)
+        return (*(rotations_from_cf(r) for r in (pose.local_r, pose.world_r)), vectors_from_cf(pose.world_t),
+                rotations_from_cf(pose.rest_orientation))  # fmt: skip
 
     def joints(self, q: torch.Tensor, betas: torch.Tensor, trans: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Joints-only fast path: SKEL joint positions (B, 24, 3) and orientations (B, 24, 3, 3), no mesh."""
-        _, world_r, world_t, rest_orientation = self.pose_skeleton(q, self.rest_joints(betas))
-        return world_t + trans[:, None], world_r @ rest_orientation
+        pose = self.posed_skeleton(q, betas)
+        joints = vectors_from_cf(pose.world_t) + trans[:, None]
+        return joints, rotations_from_cf(cf_matmul(pose.world_r, pose.rest_orientation))
+
+    def pose_feature(self, pose: PosedSkeleton) -> torch.Tensor:
+        """The local rotations of the bones that drive SMPL pose blend shapes, rows (x, y, bone): (9·F, B).
+        `SkinArrays.posedirs` and `pose_constant` turn it into the SMPL feature R − I."""
+        return pose.local_r.index_select(2, self.feature_bones).flatten(0, 2)
+
+    def pose_skin(
+        self, pose: PosedSkeleton, betas: torch.Tensor, arrays: SkinArrays, pose_blendshapes: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Shape, pose-correct and skin the vertices of `arrays`, channels first, before the global translation.
+
+        Returns:
+            skin (B, 3, N), v_shaped (B, 3, N), pose_offsets (B, 3, N) or None, blended maps (B, 3, 4, N).
+        """
+        batch = betas.shape[0]
+        v_shaped = torch.addmm(arrays.template, betas, arrays.shapedirs).view(batch, 3, -1)
+        points, pose_offsets = v_shaped, None
+        if pose_blendshapes:
+            feature = self.pose_feature(pose)
+            pose_offsets = torch.addmm(arrays.pose_constant, feature.T, arrays.posedirs).view(batch, 3, -1)
+            points = v_shaped + pose_offsets
+        transforms = skinning_transforms(pose.world_r, pose.world_t, pose.rest_joints)
+        skin, blended = apply_blended_affine(transforms, arrays.weights_t, points)
+        return skin, v_shaped, pose_offsets, blended
 
     def forward(
         self,
@@ -340,51 +799,52 @@ class SKELLayer(nn.Module):
             raise ValueError(f"betas must have shape ({poses.shape[0]}, {C.NUM_BETAS}), got {tuple(betas.shape)}")
         if trans is None:
             trans = poses.new_zeros(poses.shape[0], 3)
-        rest_joints = self.rest_joints(betas)
-        local_r, world_r, world_t, rest_orientation = self.pose_skeleton(poses, rest_joints)
-
-        template, shapedirs, posedirs, weights = self.skin_template, self.shapedirs, self.posedirs, self.skin_weights
-        if vertex_ids is not None:
-            template, shapedirs, weights = template[vertex_ids], shapedirs[vertex_ids], weights[vertex_ids]
-            posedirs = posedirs.unflatten(1, (-1, 3))[:, vertex_ids].flatten(1)
-        v_shaped = blend_shapes(template, shapedirs, betas)
-        pose_offsets = None
-        if pose_blendshapes:
-            pose_offsets = (smpl_pose_feature(local_r, self.smpl_source) @ posedirs).unflatten(-1, (-1, 3))
-        skin = linear_blend_skinning(
-            v_shaped if pose_offsets is None else v_shaped + pose_offsets, weights, world_r, world_t, rest_joints
-        )
-        skin = skin + trans[:, None]
+        pose = self.posed_skeleton(poses, betas)
+        skin, v_shaped, pose_offsets, _ = self.pose_skin(pose, betas, self.skin_arrays(vertex_ids), pose_blendshapes)
+        skin = skin + trans[:, :, None]
 
         skel_verts = None
         if skeleton_mesh:
-            skel_verts = self.skeleton_vertices(rest_joints, rest_orientation, world_r, world_t) + trans[:, None]
+            skel_verts = self._skeleton_vertices_cf(pose) + trans[:, None]
         return SkelOutput(
-            skin_verts=skin,
+            skin_verts=skin.transpose(1, 2).contiguous(),  # per-vertex math downstream wants xyz together
             skel_verts=skel_verts,
-            joints=world_t + trans[:, None],
-            joints_ori=world_r @ rest_orientation,
-            smpl_joints=None
-            if vertex_ids is not None
-            else torch.einsum("jv,bvc->bjc", self.smpl_joint_regressor, skin),
-            joints_tpose=rest_joints,
-            v_shaped=v_shaped,
-            pose_offsets=pose_offsets,
+            joints=vectors_from_cf(pose.world_t) + trans[:, None],
+            joints_ori=rotations_from_cf(cf_matmul(pose.world_r, pose.rest_orientation)),
+            smpl_joints=None if vertex_ids is not None else self._smpl_joints(skin),
+            joints_tpose=vectors_from_cf(pose.rest_joints),
+            v_shaped=v_shaped.transpose(1, 2),
+            pose_offsets=None if pose_offsets is None else pose_offsets.transpose(1, 2),
             poses=poses,
             betas=betas,
             trans=trans,
         )
 
+    def _smpl_joints(self, skin: torch.Tensor) -> torch.Tensor:
+        """SMPL J_regressor on a channels-first skin: (B, 3, V) → (B, 24, 3)."""
+        return torch.mm(skin.flatten(0, 1), self.smpl_joint_regressor.T).view(skin.shape[0], 3, -1).transpose(1, 2)
+
     def skeleton_vertices(self, rest_joints, rest_orientation, world_r, world_t) -> torch.Tensor:
         """Bone meshes: scaled in their own frames, placed by [Rk01 | J], then skinned. (B, Nk, 3)."""
-        offsets = local_offsets(rest_joints, self.parents)
+        rest_joints, world_t = vectors_to_cf(rest_joints), vectors_to_cf(world_t)
+        return self._skeleton_mesh(rest_joints, rotations_to_cf(rest_orientation), rotations_to_cf(world_r), world_t)
+
+    def _skeleton_vertices_cf(self, pose: PosedSkeleton) -> torch.Tensor:
+        return self._skeleton_mesh(pose.rest_joints, pose.rest_orientation, pose.world_r, pose.world_t)
+
+    def _skeleton_mesh(self, rest_joints, rest_orientation, world_r, world_t) -> torch.Tensor:
+        """`skeleton_vertices` on component-first inputs."""
+        offsets = local_offsets(vectors_from_cf(rest_joints), self.parents)
         scale = bone_scales(offsets, self.apose_offsets, self.parents) @ self.skel_weights_rigid.T  # (B, Nk)
-        placed_r = torch.matmul(self.skel_weights_rigid, rest_orientation.flatten(2)).unflatten(-1, (3, 3))
-        placed_t = torch.matmul(self.skel_weights_rigid, rest_joints)
-        aligned = (placed_r @ (scale[..., None] * self.skel_template)[..., None])[..., 0] + placed_t
-        return linear_blend_skinning(aligned, self.skel_weights, world_r, world_t, rest_joints)
+        placement = torch.cat([rest_orientation, rest_joints[:, None]], dim=1)
+        aligned, _ = apply_blended_affine(placement, self.skel_weights_rigid.T, scale[:, None] * self.skel_template_cf)
+        transforms = skinning_transforms(world_r, world_t, rest_joints)
+        return apply_blended_affine(transforms, self.skel_weights.T, aligned)[0].transpose(1, 2)
 
     def keypoints(self, poses, betas, trans, regressor: VertexRegressor) -> torch.Tensor:
-        """Keypoints regressed from the posed skin, skinning only the vertices the regressor uses: (B, K, 3)."""
-        skin = self.forward(poses, betas, trans, vertex_ids=regressor.vertex_ids.to(poses.device)).skin_verts
-        return regressor.apply_to_support(skin)
+        """Keypoints regressed from the posed skin, through the regressor's vertices only (`KeypointSkinning`):
+        q (B, 46), β (B, 10), trans (B, 3) or None → (B, K, 3)."""
+        folded = self.keypoint_skinning(regressor)
+        pose = self.posed_skeleton(poses, betas)
+        points = vectors_from_cf(folded.keypoints(pose, self.pose_feature(pose), betas))
+        return points if trans is None else points + folded.row_sums[:, None] * trans[:, None]

@@ -39,6 +39,9 @@ GM_SIGMA = 100.0
 EXCLUDED_KEYPOINTS = (37, 38)  # LSP neck and head-top
 TORSO_EDGES = ((5, 12), (2, 9))  # OpenPose left shoulder–left hip, right shoulder–right hip
 CAMERA_KEYPOINTS = (1, 2, 5, 8, 9, 12, 27, 28, 33, 34, 39, 40, 41)  # torso keypoints of the camera stage
+# The limited DoFs are all but the pelvis's: a slice, so that no index tensor is sent to a GPU per evaluation.
+_LIMITED = slice(C.LIMITED_DOFS[0], C.LIMITED_DOFS[-1] + 1)
+assert C.LIMITED_DOFS == tuple(range(C.NUM_DOFS))[_LIMITED]
 MIN_TORSO_SCALE = 1e-2  # normalised units (a torso is ~0.3): a degenerate observation must not blow up ρ's input
 
 
@@ -123,10 +126,14 @@ def torso_scale(keypoints: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor
     return torch.where(count > 0, mean, fallback).clamp_min(MIN_TORSO_SCALE)
 
 
+def _torso_edges(points: torch.Tensor) -> torch.Tensor:
+    """The torso edges of keypoints, end minus start: (B, K, D) → (B, 2, D) (no index tensor: see _LIMITED)."""
+    return torch.stack([points[:, first] - points[:, second] for first, second in TORSO_EDGES], dim=1)
+
+
 def model_torso_scale(projected: torch.Tensor) -> torch.Tensor:
     """Mean 2D torso-edge length of projected model keypoints: (B, K, 2) → (B,)."""
-    first, second = (list(ends) for ends in zip(*TORSO_EDGES, strict=True))
-    return (projected[:, first] - projected[:, second]).norm(dim=-1).mean(-1)
+    return _torso_edges(projected).norm(dim=-1).mean(-1)
 
 
 def reprojection_term(
@@ -157,7 +164,7 @@ def joint_limit_prior(q: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor)
     Returns:
         (B,).
     """
-    limited = q[:, list(C.LIMITED_DOFS)]
+    limited = q[:, _LIMITED]
     return (torch.exp(lower - limited).square() + torch.exp(limited - upper).square()).mean(-1)
 
 
@@ -169,8 +176,7 @@ def depth_term(points: torch.Tensor, trans: torch.Tensor, scale: torch.Tensor, f
     Returns:
         (B,).
     """
-    first, second = (list(ends) for ends in zip(*TORSO_EDGES, strict=True))
-    length_3d = (points[:, first] - points[:, second]).norm(dim=-1).mean(-1)
+    length_3d = _torso_edges(points).norm(dim=-1).mean(-1)
     return (focal * length_3d / scale - trans[:, 2]).square()
 
 

@@ -147,3 +147,51 @@ def test_anatomical_axes_bend_knee_back_and_elbow_forward(male):
     assert ankle_move[2] < -0.2 and ankle_move[1] > 0.05  # the foot swings back and up
     assert wrist_move[2] > 0.15  # the hand comes forward
     assert torch.allclose(joints[0, 2], rest[2], atol=1e-6)  # the knee itself stays put
+
+
+def test_component_first_stages_match_their_plain_definitions(male):
+    """The batch-last pieces against the textbook forms: per-DoF composition and a sequential chain."""
+    from hsmr_model.pose_repr import bone_rotations
+    from hsmr_model.skel_layer import chain, local_rotations
+
+    rng = np.random.default_rng(7)
+    q = torch.as_tensor(random_poses_in_limits(rng, 5), dtype=torch.float64)
+    double = copy.deepcopy(male).double()
+    rest_joints = double.rest_joints(torch.as_tensor(rng.normal(size=(5, 10))))
+    offsets = local_offsets(rest_joints, double.parents)
+    rest = bone_rest_orientation(offsets, double.apose_offsets, double.per_joint_rot, double.parents)
+    frame = rest @ double.apose_rot.transpose(-1, -2)
+    expected_local = frame @ bone_rotations(q) @ frame.transpose(-1, -2)
+    local = local_rotations(rest, double.apose_rot, q)
+    assert (local - expected_local).abs().max() < 1e-12
+
+    world_r, world_t = [local[:, 0]], [offsets[:, 0]]
+    for j in range(1, C.NUM_BONES):
+        p = double.parents[j]
+        world_r.append(world_r[p] @ local[:, j])
+        world_t.append(world_t[p] + (world_r[p] @ offsets[:, j, :, None])[..., 0])
+    chained_r, chained_t = chain(local, offsets, double.parents)
+    assert (chained_r - torch.stack(world_r, 1)).abs().max() < 1e-12
+    assert (chained_t - torch.stack(world_t, 1)).abs().max() < 1e-12
+
+
+def test_folded_keypoints_gradcheck_and_match_the_support_skin(male, model_paths):
+    """SKELify differentiates the folded regressor: its values and gradients are those of the skinned support."""
+    double = copy.deepcopy(male).double()
+    regressor = VertexRegressor.from_sparse(read_keypoint_regressor(model_paths.keypoint_regressor).matrix)
+    regressor = regressor.to(dtype=torch.float64)
+    rng = np.random.default_rng(8)
+    q = torch.tensor(random_poses_in_limits(rng, 2) * 0.5, dtype=torch.float64, requires_grad=True)
+    betas = torch.tensor(rng.normal(size=(2, 10)), dtype=torch.float64, requires_grad=True)
+    trans = torch.tensor(rng.normal(size=(2, 3)), dtype=torch.float64, requires_grad=True)
+
+    folded = double.keypoints(q, betas, trans, regressor)
+    skinned = regressor.apply_to_support(double(q, betas, trans, vertex_ids=regressor.vertex_ids).skin_verts)
+    assert (folded - skinned).abs().max() < 1e-12
+    weights = torch.as_tensor(rng.normal(size=folded.shape))
+    grads = torch.autograd.grad((folded * weights).sum(), (q, betas, trans))
+    expected = torch.autograd.grad((skinned * weights).sum(), (q, betas, trans))
+    assert all((g - e).abs().max() < 1e-10 for g, e in zip(grads, expected, strict=True))
+    assert torch.autograd.gradcheck(
+        lambda q, b, t: double.keypoints(q, b, t, regressor), (q, betas, trans), fast_mode=True, atol=1e-6, rtol=1e-4
+    )
