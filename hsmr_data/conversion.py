@@ -21,6 +21,7 @@ import torch
 from hsmr_data import label_table
 from hsmr_data.filters import FilterConfig, apply_filters, clean_confidences
 from hsmr_data.hmr2_format import read_shards
+from hsmr_data.param_files import read_param_file
 from hsmr_data.quarantine import Quarantine
 from hsmr_data.records import PersonSample
 from hsmr_model import camera
@@ -44,6 +45,7 @@ class ConvertConfig:
     skel_sex: str = "male"  # HSMR labels with the male SKEL model; there is no neutral one
     fit: SkelFitConfig = field(default_factory=SkelFitConfig)
     filters: FilterConfig = field(default_factory=FilterConfig)
+    image_root: str | None = None  # images of parameter-file datasets (default: each file's folder)
 
     @property
     def quarantine_dir(self) -> Path:
@@ -51,11 +53,20 @@ class ConvertConfig:
 
 
 def list_chunks(dataset_dir: str | Path) -> list[Path]:
-    """The input shards in name order; each is one chunk."""
-    shards = sorted((Path(dataset_dir) / "shards").glob("*.tar"))
+    """The input shards in name order, else the parameter files (*.npz) in `dataset_dir`; each is one chunk."""
+    shards = sorted((Path(dataset_dir) / "shards").glob("*.tar")) or sorted(Path(dataset_dir).glob("*.npz"))
     if not shards:
-        raise FileNotFoundError(f"no shards (*.tar) under {Path(dataset_dir) / 'shards'}")
+        where = f"{Path(dataset_dir) / 'shards'} nor parameter files (*.npz) in {dataset_dir}"
+        raise FileNotFoundError(f"no shards (*.tar) under {where}")
     return shards
+
+
+def read_chunk(config: ConvertConfig, chunk: Path, quarantine: Quarantine) -> list[PersonSample]:
+    """The people of one chunk: an HMR2.0 tar, or a CameraHMR/BEDLAM-style parameter file (.npz)."""
+    if chunk.suffix == ".npz":
+        image_root = config.image_root or chunk.parent
+        return list(read_param_file(chunk, config.dataset, image_root, quarantine=quarantine))
+    return list(read_shards([chunk], config.dataset, quarantine))
 
 
 def chunk_id(dataset: str, shard: Path) -> str:
@@ -136,7 +147,7 @@ def convert_chunk(converter: Converter, shard: Path) -> ChunkOutcome:
         return ChunkOutcome(name, "skipped")
     started = time.perf_counter()
     quarantine = Quarantine()
-    samples = list(read_shards([shard], config.dataset, quarantine))
+    samples = read_chunk(config, shard, quarantine)
     if len(quarantine):
         config.quarantine_dir.mkdir(parents=True, exist_ok=True)
         quarantine.write_report(config.quarantine_dir / f"{shard.stem}.json")
