@@ -110,7 +110,9 @@ def _convert_seq(args: argparse.Namespace) -> int:
         fit=SkelFitConfig(device=args.device),
     )
     converter = SequenceConverter(BodyModelPaths.from_root(args.models), config)
-    outcomes = convert_sequences(args.input, args.out, converter, on_sequence=lambda o: print(json.dumps(asdict(o))))
+    outcomes = convert_sequences(
+        args.input, args.out, converter, lambda o: print(json.dumps(asdict(o))), args.table, args.dataset
+    )
     return 1 if any(o.status == "quarantined" for o in outcomes) else 0
 
 
@@ -291,6 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     convert_seq.add_argument("--batch-size", type=int, default=256, help="frames fitted together")
     convert_seq.add_argument("--overlap", type=int, default=8, help="frames each batch shares with the previous one")
     convert_seq.add_argument("--smoothness", type=float, default=1.0, help="temporal smoothness weight; 0: off")
+    convert_seq.add_argument("--table", help="also commit one row per frame to this label table")
+    convert_seq.add_argument("--dataset", default="motion", help="dataset name of the table rows")
     convert_seq.set_defaults(run=_convert_seq)
 
     data_motion = data.add_parser("motion", help="write the synthetic motion sequences (AMASS-style) and their truth")

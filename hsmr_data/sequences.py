@@ -31,7 +31,8 @@ has no neutral model: neutral sequences use `neutral_skel`):
 5. per frame: mean and max vertex error to the SMPL mesh, the filters' `pve_ok` and `betas_ok`
    (maxPVE > 6 cm, any |β| > 3), `passed`.
 
-Output: a SKEL `.npz` per sequence (`SkelSequence.write`).
+Output: a SKEL `.npz` per sequence (`SkelSequence.write`) and, optionally, one label-table row per
+frame (sample id `{sequence id}_{frame:06d}`, chunk `{dataset}/{sequence id}`).
 """
 
 from __future__ import annotations
@@ -43,8 +44,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import torch
 
+from hsmr_data import label_table
 from hsmr_data.filters import FilterConfig, mesh_verdicts
 from hsmr_data.quarantine import Quarantine
 from hsmr_model import skel_constants as C
@@ -227,6 +230,7 @@ class SkelSequence:
     betas_ok: np.ndarray  # (T,) bool
     passed: np.ndarray  # (T,) bool
     fit_iterations: np.ndarray  # (T,) Levenberg–Marquardt evaluations, all sweeps
+    converged: np.ndarray  # (T,) bool: the last sweep met the fit's tolerance
     seconds_per_frame: float
 
     @property
@@ -382,6 +386,7 @@ class SequenceConverter:
         x_all = np.zeros((frames, NUM_PARAMS), dtype=np.float64)
         pve_mean, pve_max = np.zeros(frames), np.zeros(frames)
         iterations = np.zeros(frames, dtype=np.int64)
+        converged = np.zeros(frames, dtype=bool)
         fitted_until = 0  # frames [0, fitted_until) have results
         for start in batch_starts(frames, config.batch_size, config.overlap):
             stop = min(start + config.batch_size, frames)
@@ -409,7 +414,7 @@ class SequenceConverter:
                 batch_iterations += fit.iterations
             x_all[start:stop] = self._result_x(fit, before).cpu().numpy()
             pve_mean[start:stop], pve_max[start:stop] = fit.pve_mean, fit.pve_max
-            iterations[start:stop] = batch_iterations
+            iterations[start:stop], converged[start:stop] = batch_iterations, fit.converged
             fitted_until = stop
 
         seconds = time.perf_counter() - started
@@ -430,6 +435,7 @@ class SequenceConverter:
             betas_ok=betas_ok,
             passed=pve_ok & betas_ok,
             fit_iterations=iterations,
+            converged=converged,
             seconds_per_frame=seconds / frames,
         )
 
@@ -441,6 +447,49 @@ class SequenceConverter:
         q = unwrap_pelvis(fit.q, before)
         x = np.concatenate([q, fit.betas, fit.trans], axis=1)
         return torch.as_tensor(x, dtype=torch.float32, device=self.device)
+
+
+# --------------------------------------------------------------------------- label table
+SEQUENCE_APP_PREFIX = "convert-sequences"
+
+
+def frame_sample_id(sequence_id: str, frame: int) -> str:
+    """A frame's id in the label table: the sequence id and the frame number (zero-padded, so ids sort)."""
+    return f"{sequence_id}_{frame:06d}"
+
+
+def label_rows(result: SkelSequence, dataset: str) -> pa.Table:
+    """One label-table row per frame. Motion frames have no image: `kp2d_err` is null, `num_keypoints`
+    0, and the keypoint rule does not apply (`keypoints_ok` true); `passed` = pve_ok and betas_ok."""
+    frames = result.frames
+    return label_table.validate_rows(
+        {
+            "sample_id": [frame_sample_id(result.sequence_id, t) for t in range(frames)],
+            "dataset": [dataset] * frames,
+            "chunk_id": [f"{dataset}/{result.sequence_id}"] * frames,
+            "q": result.poses,
+            "betas": np.repeat(result.betas[None], frames, axis=0),
+            "trans": result.trans,
+            "pve_mean": result.pve_mean,
+            "pve_max": result.pve_max,
+            "kp2d_err": np.full(frames, np.nan),
+            "num_keypoints": np.zeros(frames, dtype=np.int32),
+            "pve_ok": result.pve_ok,
+            "betas_ok": result.betas_ok,
+            "keypoints_ok": np.ones(frames, dtype=bool),
+            "passed": result.passed,
+            "fit_iterations": result.fit_iterations,
+            "fit_seconds": np.full(frames, result.seconds_per_frame),
+            "converged": result.converged,
+        }
+    )
+
+
+def commit_sequence(table_uri: str, result: SkelSequence, dataset: str) -> None:
+    """Commit a sequence's rows in one transaction named after it (a rerun skips it)."""
+    app_id = f"{SEQUENCE_APP_PREFIX}/{dataset}/{result.sequence_id}"
+    if not label_table.is_committed(table_uri, app_id, 0):
+        label_table.commit_chunk(table_uri, label_rows(result, dataset), app_id=app_id, txn_version=0)
 
 
 # ------------------------------------------------------------------------------ many files
@@ -475,10 +524,17 @@ class SequenceOutcome:
 
 
 def convert_sequence_file(
-    converter: SequenceConverter, path: Path | str, input_path: Path | str, out_dir: Path | str
+    converter: SequenceConverter,
+    path: Path | str,
+    input_path: Path | str,
+    out_dir: Path | str,
+    table_uri: str | None = None,
+    dataset: str = "motion",
 ) -> SequenceOutcome:
-    """Convert one file to `{out_dir}/{sequence id}.npz`, unless that exists; an unreadable file is
-    reported as quarantined (with its reason), not raised."""
+    """Convert one file to `{out_dir}/{sequence id}.npz` (and its frames to the label table at
+    `table_uri`, when given), unless the .npz exists; an unreadable file is reported as quarantined
+    (with its reason), not raised. The rows are committed before the .npz is written, so an existing
+    .npz means the sequence is complete."""
     path = Path(path)
     sequence_id = sequence_id_for(path, input_path)
     output = Path(out_dir) / f"{sequence_id}.npz"
@@ -489,6 +545,8 @@ def convert_sequence_file(
     except SequenceFileError as err:
         return SequenceOutcome(sequence_id, "quarantined", reason=str(err))
     result = converter.convert(sequence)
+    if table_uri is not None:
+        commit_sequence(table_uri, result, dataset)
     result.write(output)
     return SequenceOutcome(
         sequence_id,
@@ -520,11 +578,15 @@ def convert_sequences(
     out_dir: Path | str,
     converter: SequenceConverter,
     on_sequence: Callable[[SequenceOutcome], None] | None = None,
+    table_uri: str | None = None,
+    dataset: str = "motion",
 ) -> list[SequenceOutcome]:
     """Every sequence file under `input_path` to `out_dir` (the plain-Python twin of the flow); resumable."""
+    if table_uri is not None:
+        label_table.create_or_open(table_uri)
     outcomes = []
     for path in list_sequence_files(input_path):
-        outcomes.append(convert_sequence_file(converter, path, input_path, out_dir))
+        outcomes.append(convert_sequence_file(converter, path, input_path, out_dir, table_uri, dataset))
         if on_sequence is not None:
             on_sequence(outcomes[-1])
     write_quarantine(outcomes, out_dir)
