@@ -211,3 +211,16 @@ def test_convert_sequences_writes_skel_npz_and_resumes(model_paths, motion_dir, 
     assert np.degrees(np.abs(result.poses[:, 2] - offset - truth.q[:, 2])).max() < 3.0
     again = convert_sequences(motion_dir / "sequences", out / "sequences", converter)
     assert {o.status for o in again} == {"skipped"}
+
+
+def test_cli_convert_seq_reports_a_refused_file(model_paths, tmp_path, capsys):
+    from hsmr_data.cli import main
+
+    (tmp_path / "in").mkdir()
+    np.savez(tmp_path / "in" / "broken.npz", betas=np.zeros(10))
+    models = str(model_paths.smpl.parent.parent)
+    assert (
+        main(["convert-seq", "--input", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--models", models]) == 1
+    )
+    assert '"status": "quarantined"' in capsys.readouterr().out
+    assert (tmp_path / "out" / "quarantine.json").is_file()
