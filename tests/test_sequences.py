@@ -224,3 +224,16 @@ def test_cli_convert_seq_reports_a_refused_file(model_paths, tmp_path, capsys):
     )
     assert '"status": "quarantined"' in capsys.readouterr().out
     assert (tmp_path / "out" / "quarantine.json").is_file()
+
+
+@pytest.mark.slow
+def test_a_broken_frame_is_flagged_not_hidden(model_paths, motion_dir, tmp_path):
+    arrays = dict(np.load(motion_dir / "sequences" / "walking.npz", allow_pickle=False))
+    frames = 12
+    arrays.update(poses=arrays["poses"][:frames].copy(), trans=arrays["trans"][:frames])
+    rng = np.random.default_rng(0)
+    arrays["poses"][6, 3:66] += rng.normal(scale=1.2, size=63)  # a mocap glitch: every joint thrown
+    np.savez(tmp_path / "glitch.npz", **arrays)
+    result = SequenceConverter(model_paths, _config(16)).convert(read_amass_npz(tmp_path / "glitch.npz"))
+    assert not result.pve_ok[6] and not result.passed[6]
+    assert result.passed[[0, 1, 2, 3, 9, 10, 11]].all(), result.pve_max
