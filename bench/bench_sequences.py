@@ -118,6 +118,7 @@ def run_baseline(paths, path, truth: MotionTruth, frames: int, batch: int, devic
         vertices = posed_vertices(smpl, p)
         result = fit_baseline(skel, regressor, smpl.lbs_weights, vertices, p.global_orient, p.betas, p.transl)
         seconds += result.seconds
+        print(f"baseline frames {first}..{first + len(vertices) - 1}: {result.seconds:.1f} s", flush=True)
         with torch.no_grad():
             errors = (skel(result.q, result.betas, result.trans).skin_verts - vertices).norm(dim=-1)
         q.append(result.q.cpu().numpy())
@@ -178,7 +179,7 @@ def main() -> None:
             "motion_kept_unsmoothed": motion_kept(results["unsmoothed"].poses, truth),
             "smpl_fit_pve_mean_cm_of_the_input": round(float(read_truth_pve(motion_dir, name) * 100), 3),
         }
-        print(name, motions[name])
+        print(name, motions[name], flush=True)
     walking = motion_dir / "sequences" / "walking.npz"
     truth = read_truth(motion_dir / "truth" / "walking.npz")
     baseline = run_baseline(paths, walking, truth, args.baseline_frames, args.baseline_batch, device)
