@@ -5,6 +5,8 @@
     prefect deployment run convert-smpl-to-skel/local \\
         -p dataset_dir=storage/datasets/synth -p table_uri=storage/labels/synth
     prefect deployment run label-dashboard/local    # the demo's table; -p table_uri=... for another
+    prefect deployment run convert-sequences/local \
+        -p input_path=storage/datasets/motion/sequences -p out_dir=storage/skel_sequences
 
 Flow runs execute in subprocesses started from this process's working directory, so relative paths
 in parameters are relative to where `make serve` runs (the repository root).
@@ -19,12 +21,14 @@ from flows.dashboard import label_dashboard
 from flows.export import export_shards
 from flows.pipeline import pipeline
 from flows.refine import refine_round_flow
+from flows.sequences import convert_sequences
 from flows.train import train_hsmr
 
 DEPLOYMENT_NAME = "local"
 
 # Each pipeline step joins this list as its flow lands.
 FLOWS: list[Flow] = [convert_smpl_to_skel, export_shards, train_hsmr, refine_round_flow, label_dashboard, pipeline]
+FLOWS.append(convert_sequences)
 
 
 def deployments():

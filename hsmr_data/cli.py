@@ -20,6 +20,9 @@ hsmr refine [--predictions RUN/predictions.parquet] [--table URI] [--dataset-dir
                                             one SKELify refinement round of the label table (no Prefect; the
                                             same steps as the refine-round flow)
 hsmr demo --models storage/models --out storage/demo
+hsmr data motion --out DIR [--frames T]     synthetic AMASS-style motion sequences with their true SKEL parameters
+hsmr convert-seq --input FILE_OR_DIR --out DIR [--batch-size N] [--overlap K] [--smoothness W]
+                                            SMPL motion sequences → SKEL sequences (.npz per sequence; resumable)
 """
 
 from __future__ import annotations
@@ -118,6 +121,32 @@ def _convert(args: argparse.Namespace) -> int:
         "summary": conversion.summarize(label_table.read_labels(config.table_uri)),
     }
     print(json.dumps(report, indent=2))
+    return 0
+
+
+def _convert_seq(args: argparse.Namespace) -> int:
+    from hsmr_data.sequences import SequenceConfig, SequenceConverter, convert_sequences
+    from hsmr_model.skel_fit import SkelFitConfig
+
+    config = SequenceConfig(
+        batch_size=args.batch_size,
+        overlap=args.overlap,
+        smoothness=args.smoothness,
+        fit=SkelFitConfig(device=args.device),
+    )
+    converter = SequenceConverter(BodyModelPaths.from_root(args.models), config)
+    outcomes = convert_sequences(
+        args.input, args.out, converter, lambda o: print(json.dumps(asdict(o))), args.table, args.dataset
+    )
+    return 1 if any(o.status == "quarantined" for o in outcomes) else 0
+
+
+def _data_motion(args: argparse.Namespace) -> int:
+    from hsmr_data.synthetic.body_models import ensure_synthetic_models
+    from hsmr_data.synthetic.motion import write_motion_sequences
+
+    for path in write_motion_sequences(ensure_synthetic_models(args.models), args.out, args.frames, args.seed):
+        print(path)
     return 0
 
 
@@ -321,6 +350,25 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--device", default="auto", help='"auto" (CUDA when present), "cpu", "cuda:1", ...')
     convert.add_argument("--batch-size", type=int, help="fitting batch (default: 256 on the CPU, by memory on CUDA)")
     convert.set_defaults(run=_convert)
+
+    convert_seq = commands.add_parser("convert-seq", help="SMPL motion sequences (AMASS-style .npz) to SKEL sequences")
+    convert_seq.add_argument("--input", required=True, help="a sequence .npz or a folder of them (recursive)")
+    convert_seq.add_argument("--out", required=True, help="folder for one SKEL .npz per sequence (existing ones kept)")
+    convert_seq.add_argument("--models", default="storage/models", help="body models (SMPL of each gender, SKEL)")
+    convert_seq.add_argument("--device", default="auto", help='"auto" (CUDA when present), "cpu", "cuda:1", ...')
+    convert_seq.add_argument("--batch-size", type=int, default=256, help="frames fitted together")
+    convert_seq.add_argument("--overlap", type=int, default=8, help="frames each batch shares with the previous one")
+    convert_seq.add_argument("--smoothness", type=float, default=1.0, help="temporal smoothness weight; 0: off")
+    convert_seq.add_argument("--table", help="also commit one row per frame to this label table")
+    convert_seq.add_argument("--dataset", default="motion", help="dataset name of the table rows")
+    convert_seq.set_defaults(run=_convert_seq)
+
+    data_motion = data.add_parser("motion", help="write the synthetic motion sequences (AMASS-style) and their truth")
+    data_motion.add_argument("--out", required=True, help="output folder (sequences/, truth/)")
+    data_motion.add_argument("--frames", type=int, default=150, help="frames per sequence (30 per second)")
+    data_motion.add_argument("--seed", type=int, default=0)
+    data_motion.add_argument("--models", default="storage/models", help="body models (synthetic if absent)")
+    data_motion.set_defaults(run=_data_motion)
 
     evaluation = commands.add_parser("eval", help="score the labels (and predictions) against the synthetic truth")
     evaluation.add_argument("--dataset-dir", required=True, help="folder holding shards/*.tar and truth/")

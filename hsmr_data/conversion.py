@@ -25,6 +25,7 @@ from hsmr_data import label_table
 from hsmr_data.datasets import DatasetSpec, shard_label
 from hsmr_data.filters import FilterConfig, apply_filters, clean_confidences
 from hsmr_data.hmr2_format import read_shards
+from hsmr_data.param_files import read_param_file
 from hsmr_data.quarantine import Quarantine
 from hsmr_data.records import PersonSample
 from hsmr_model import camera
@@ -52,6 +53,7 @@ class ConvertConfig:
     # Quarantine reports go to {quarantine_root}/{dataset}/; without a root, to a local dataset
     # folder's quarantine/ and for URLs to storage/quarantine/{dataset}/.
     quarantine_root: str | None = None
+    image_root: str | None = None  # images of parameter-file datasets (default: each file's folder)
 
     @property
     def specs(self) -> list[DatasetSpec]:
@@ -97,6 +99,15 @@ class Chunk:
 def list_chunks(config: ConvertConfig) -> list[Chunk]:
     """Every shard of every dataset, datasets in the order given, shards in their order."""
     return [Chunk(spec, url) for spec in config.specs for url in spec.shard_urls()]
+
+
+def read_chunk(config: ConvertConfig, chunk: Chunk, quarantine: Quarantine) -> list[PersonSample]:
+    """The people of one chunk: an HMR2.0 tar, or a CameraHMR/BEDLAM-style parameter file (.npz)."""
+    if chunk.url.endswith(".npz"):
+        path = Path(chunk.url)
+        image_root = config.image_root or path.parent
+        return list(read_param_file(path, chunk.spec.name, image_root, quarantine=quarantine))
+    return list(read_shards([chunk.url], chunk.spec.name, quarantine))
 
 
 @dataclass(frozen=True)
@@ -197,7 +208,7 @@ def convert_chunk(converter: Converter, chunk: Chunk) -> ChunkOutcome:
         return ChunkOutcome(chunk.id, "skipped", name)
     started = time.perf_counter()
     quarantine = Quarantine()
-    samples = list(read_shards([chunk.url], name, quarantine))
+    samples = read_chunk(config, chunk, quarantine)
     if len(quarantine) or quarantine.notes:
         quarantine.write_report(config.quarantine_dir(chunk.spec) / f"{shard_label(chunk.url)}.json")
     if not samples:

@@ -71,8 +71,11 @@ class DatasetSpec:
             inner = folder / "shards"
             folder = inner if inner.is_dir() else folder
             urls = sorted(str(path) for path in folder.iterdir() if path.name.endswith(TAR_SUFFIXES))
+            # No tars: a folder of parameter files (CameraHMR/BEDLAM-style .npz), one chunk each.
+            urls = urls or sorted(str(path) for path in folder.iterdir() if path.name.endswith(".npz"))
             if not urls:
-                raise FileNotFoundError(f"dataset {self.name!r}: no shards ({', '.join(TAR_SUFFIXES)}) in {folder}")
+                found = f"no shards ({', '.join(TAR_SUFFIXES)}) nor parameter files (.npz)"
+                raise FileNotFoundError(f"dataset {self.name!r}: {found} in {folder}")
             return urls
         if _scheme(self.spec) not in _WEBDATASET_SCHEMES and "{" not in self.spec:
             listed = _fsspec_listing(self.spec)

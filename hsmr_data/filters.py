@@ -95,8 +95,7 @@ def apply_filters(
     _check_shape("keypoint_conf", keypoint_conf, (n, C.NUM_KEYPOINTS))
 
     num_keypoints = count_keypoints(clean_confidences(keypoint_conf, config.keypoint_conf_floor))
-    pve_ok = np.isfinite(pve_max) & (pve_max <= config.max_pve_max)
-    betas_ok = np.all(np.isfinite(betas) & (np.abs(betas) <= config.max_abs_beta), axis=1)
+    pve_ok, betas_ok = mesh_verdicts(pve_max, betas, config)
     keypoints_ok = num_keypoints >= config.min_keypoints
     return FilterVerdicts(
         num_keypoints=num_keypoints,
@@ -105,6 +104,13 @@ def apply_filters(
         keypoints_ok=keypoints_ok,
         passed=pve_ok & betas_ok & keypoints_ok,
     )
+
+
+def mesh_verdicts(pve_max: np.ndarray, betas: np.ndarray, config: FilterConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The two rules that need no image, `pve_ok` and `betas_ok`, for pve_max (N,) and betas (N, 10)."""
+    pve_ok = np.isfinite(pve_max) & (pve_max <= config.max_pve_max)
+    betas_ok = np.all(np.isfinite(betas) & (np.abs(betas) <= config.max_abs_beta), axis=1)
+    return pve_ok, betas_ok
 
 
 def _check_shape(name: str, array: np.ndarray, expected: tuple[int, ...]) -> None:

@@ -532,9 +532,37 @@ def read_eval_npz(
     """
     path = Path(path)
     try:
-        columns = _eval_columns(path)
+        data = load_npz_arrays(path)
     except InvalidSample as err:
         quarantine.add(path, None, str(err))
+        return
+    yield from read_eval_arrays(data, path, dataset, image_root, quarantine=quarantine)
+
+
+def load_npz_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an .npz, loaded without pickle; InvalidSample when it cannot be read."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise InvalidSample(f"unreadable .npz ({type(err).__name__}: {err})") from None
+
+
+def read_eval_arrays(
+    data: dict[str, np.ndarray],
+    source: Path,
+    dataset: str,
+    image_root: Path | str | None = None,
+    *,
+    quarantine: Quarantine,
+    extra_info: dict[str, np.ndarray] | None = None,
+) -> Iterator[PersonSample]:
+    """`read_eval_npz` on arrays already loaded from `source`; `extra_info` columns (N, ...) go into
+    each person's `extra_info` as lists (e.g. a camera's intrinsics)."""
+    try:
+        columns = _eval_columns(data)
+    except InvalidSample as err:
+        quarantine.add(source, None, str(err))
         return
     for row, (name, key, person_id, problem) in enumerate(_eval_keys(columns["imgname"], columns.get("personid"))):
         try:
@@ -542,18 +570,14 @@ def read_eval_npz(
                 raise InvalidSample(problem)
             sample = _eval_row(columns, row, name, key, person_id, dataset, image_root)
         except InvalidSample as err:
-            quarantine.add(path, sample_id(key, person_id), str(err))
+            quarantine.add(source, sample_id(key, person_id), str(err))
             continue
+        sample.extra_info.update({extra: values[row].tolist() for extra, values in (extra_info or {}).items()})
         yield sample
 
 
-def _eval_columns(path: Path) -> dict[str, np.ndarray]:
+def _eval_columns(data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The arrays of the file, normalised to the HMR2.0 per-person fields with N rows each."""
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            data = {name: archive[name] for name in archive.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-        raise InvalidSample(f"unreadable .npz ({type(err).__name__}: {err})") from None
     missing = [name for name in ("imgname", "center", "scale") if name not in data]
     if missing:
         raise InvalidSample(f"missing array(s) {', '.join(missing)}")

@@ -52,11 +52,32 @@ class BodyModelPaths:
             keypoint_regressor=root / "smpl" / "keypoint_regressor_44.npz",
         )
 
+    def smpl_for(self, gender: str) -> Path:
+        """The SMPL file of a gender: `smpl` for 'neutral', else SMPL_MALE / SMPL_FEMALE (.pkl, else .npz)
+        next to it. Motion sequences (AMASS) are posed with their gender's SMPL."""
+        if gender not in SMPL_GENDERS:
+            raise ValueError(f"SMPL genders are {SMPL_GENDERS}, got {gender!r}")
+        if gender == "neutral":
+            return self.smpl
+        candidates = [gendered_smpl_path(self.smpl.parent, gender, suffix) for suffix in (".pkl", ".npz")]
+        for candidate in candidates:
+            if candidate.is_file():
+                return candidate
+        raise ModelFileError(candidates[0], f"file not found (nor {candidates[1].name})", SMPL_SOURCE_HINT)
+
     def skel(self, sex: str) -> Path:
         """SKEL has no neutral model: 'male' or 'female'."""
         if sex not in ("male", "female"):
             raise ValueError(f"SKEL models are 'male' or 'female' (there is no neutral SKEL), got {sex!r}")
         return self.skel_male if sex == "male" else self.skel_female
+
+
+SMPL_GENDERS = ("male", "female", "neutral")
+
+
+def gendered_smpl_path(folder: Path | str, gender: str, suffix: str = ".pkl") -> Path:
+    """The official name of a gender's SMPL file in `folder`: SMPL_MALE.pkl, SMPL_FEMALE.npz, ..."""
+    return Path(folder) / f"SMPL_{gender.upper()}{suffix}"
 
 
 class ModelFileError(ValueError):

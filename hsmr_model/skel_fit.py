@@ -601,9 +601,43 @@ class FitTargets:
 
     vertices: torch.Tensor  # (B, N, 3) on the fitting subset
     joints: torch.Tensor  # (B, 24, 3) anatomical joints
+    guide: FitGuide | None = None
 
     def __getitem__(self, index: torch.Tensor) -> FitTargets:
-        return FitTargets(self.vertices[index], self.joints[index])
+        return FitTargets(self.vertices[index], self.joints[index], None if self.guide is None else self.guide[index])
+
+
+@dataclass(frozen=True)
+class FitGuide:
+    """Optional guidance of a batch, for sequences: a start, a pull towards anchors, held parameters.
+
+    The anchor term adds Σ_k weight[b, k]·(x[b, k] − anchor[b, k])² (cm², weights per unit² of the
+    parameter) to sample b's loss: a temporal smoothness term when the anchors are a frame's
+    neighbours. Held parameters keep their start values exactly (a sequence's shared β).
+    """
+
+    start: torch.Tensor  # (B, 59) x = [q | β | trans] to start from, instead of the closed-form initialisation
+    anchor: torch.Tensor | None = None  # (B, 59)
+    anchor_weight: torch.Tensor | None = None  # (B, 59), zero where there is no pull
+    held: torch.Tensor | None = None  # (59,) bool
+
+    def __getitem__(self, index: torch.Tensor) -> FitGuide:
+        def pick(value: torch.Tensor | None) -> torch.Tensor | None:
+            return None if value is None else value[index]
+
+        return FitGuide(self.start[index], pick(self.anchor), pick(self.anchor_weight), self.held)
+
+    def to(self, device: torch.device) -> FitGuide:
+        def move(value: torch.Tensor | None, dtype: torch.dtype | None = torch.float32) -> torch.Tensor | None:
+            return None if value is None else value.to(device, dtype)
+
+        return FitGuide(move(self.start), move(self.anchor), move(self.anchor_weight), move(self.held, None))
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        """The anchor term (B,) at x (B, 59); zero without anchors."""
+        if self.anchor is None:
+            return x.new_zeros(x.shape[0])
+        return (self.anchor_weight * (x - self.anchor).square()).sum(-1)
 
 
 def split_params(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -652,20 +686,31 @@ def evaluate(skel: SKELLayer, part: SkinPart, x: torch.Tensor, targets: FitTarge
         q, betas, trans = split_params(x)
         body = pose_body(skel, part, q, betas, trans)
         loss = fitting_loss(body, q, betas, targets, config)
+        if targets.guide is not None:
+            loss = loss + targets.guide.loss(x)
         (gradient,) = torch.autograd.grad(loss.sum(), x)
     detached = PosedBody(*(getattr(body, f.name).detach() for f in fields(body)))
     skin_jacobian, joint_jacobian = residual_jacobians(skel, part, detached, q.detach())
-    return loss.detach(), gradient, gauss_newton_hessian(skin_jacobian, joint_jacobian, config)
+    hessian = gauss_newton_hessian(skin_jacobian, joint_jacobian, config)
+    if targets.guide is not None and targets.guide.anchor_weight is not None:
+        hessian = hessian + torch.diag_embed(2 * targets.guide.anchor_weight)
+    return loss.detach(), gradient, hessian
 
 
-def damped_step(x: torch.Tensor, gradient: torch.Tensor, hessian: torch.Tensor, damping: torch.Tensor) -> torch.Tensor:
+def damped_step(
+    x: torch.Tensor,
+    gradient: torch.Tensor,
+    hessian: torch.Tensor,
+    damping: torch.Tensor,
+    held_params: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Levenberg–Marquardt step inside the joint limits (projected, bound-constrained).
 
     DoFs at a limit whose gradient pushes outward are held; the rest take the damped
     Gauss–Newton step (H + μ·diag H)·δ = −g, and the result is clamped into the limits.
 
     Args:
-        x, gradient: (B, 59); hessian: (B, 59, 59); damping: (B,).
+        x, gradient: (B, 59); hessian: (B, 59, 59); damping: (B,); held_params: (59,) bool, always held.
     Returns:
         the trial point (B, 59).
     """
@@ -675,6 +720,8 @@ def damped_step(x: torch.Tensor, gradient: torch.Tensor, hessian: torch.Tensor, 
     held[:, : C.NUM_DOFS] = ((q <= lower) & (gradient[:, : C.NUM_DOFS] > 0)) | (
         (q >= upper) & (gradient[:, : C.NUM_DOFS] < 0)
     )
+    if held_params is not None:
+        held |= held_params
     free = (~held).to(x.dtype)
     diagonal = hessian.diagonal(dim1=-2, dim2=-1)
     system = hessian * free[:, :, None] * free[:, None, :] + torch.diag_embed(
@@ -717,7 +764,8 @@ def levenberg_marquardt(
         active = running.nonzero()[:, 0]
         if active.numel() == 0:
             break
-        trial = damped_step(x[active], gradient[active], hessian[active], damping[active])
+        held = None if targets.guide is None else targets.guide.held
+        trial = damped_step(x[active], gradient[active], hessian[active], damping[active], held)
         trial_loss, trial_gradient, trial_hessian = evaluate(skel, part, trial, targets[active], config)
         iterations[active] += 1
         better = trial_loss < loss[active]
@@ -783,6 +831,7 @@ def fit_skel_to_smpl(
     osim_joints: torch.Tensor | None,
     smpl_params: SmplParams,
     config: SkelFitConfig = SkelFitConfig(),
+    guide: FitGuide | None = None,
 ) -> SkelFitResult:
     """Fit SKEL to one batch of posed SMPL meshes (see the module docstring).
 
@@ -790,15 +839,20 @@ def fit_skel_to_smpl(
 
     Args:
         smpl_vertices: (B, 6890, 3); osim_joints: (B, 24, 3) J_regressor_osim·vertices, or None to
-            regress them here; smpl_params: the SMPL parameters the vertices came from.
+            regress them here; smpl_params: the SMPL parameters the vertices came from;
+        guide: an optional start, anchors and held parameters (sequence conversion), on any device.
     """
     device = resolve_device(config.device)
     start = time.perf_counter()
     vertices = smpl_vertices.to(device, torch.float32)
     joints = link.osim_regressor(vertices) if osim_joints is None else osim_joints.to(device, torch.float32)
-    x = initial_parameters(skel, link, smpl_params.to(device), joints)
+    if guide is None:
+        x = initial_parameters(skel, link, smpl_params.to(device), joints)
+    else:
+        guide = guide.to(device)
+        x = guide.start
     subset = link.vertex_order[: config.subset_size]
-    targets = FitTargets(vertices[:, subset], joints)
+    targets = FitTargets(vertices[:, subset], joints, guide)
     state = levenberg_marquardt(skel, SkinPart.of(skel, subset), x, targets, config)
     errors = vertex_errors(skel, state.x, vertices)
     if device.type == "cuda":

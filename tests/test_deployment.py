@@ -32,7 +32,7 @@ from pathlib import Path
 
 from prefect.runner import Runner
 
-from flows.convert import convert_smpl_to_skel
+from FLOW_MODULE import FLOW_FUNCTION
 
 
 def wait_for_api(api_url):
@@ -50,7 +50,7 @@ if __name__ == "__main__":  # the runner starts flow runs in subprocesses
     api_url, registered = sys.argv[1], Path(sys.argv[2])
     wait_for_api(api_url)
     runner = Runner(query_seconds=1)
-    runner.add_flow(convert_smpl_to_skel, name="local")
+    runner.add_flow(FLOW_FUNCTION, name="local")
     registered.touch()
     sys.stdin.readline()
     asyncio.run(runner.start(run_once=True))
@@ -96,9 +96,10 @@ def stop(process: subprocess.Popen) -> None:
             continue
 
 
-@pytest.mark.slow
-def test_deployment_run_from_the_cli_converts_the_dataset(model_paths, tmp_path, tmp_path_factory):
-    table = tmp_path / "labels"
+def run_served_deployment(tmp_path: Path, flow: str, deployment: str, prepare) -> None:
+    """Serve `flow` ("module:function") from a runner against a fresh Prefect server, trigger `deployment`
+    from the CLI with the parameters `prepare()` returns (it runs while the server starts), run it,
+    and assert that the flow run completed."""
     port = free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     env = {
@@ -108,7 +109,8 @@ def test_deployment_run_from_the_cli_converts_the_dataset(model_paths, tmp_path,
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_UI_ENABLED": "false",
     }
-    (tmp_path / "runner.py").write_text(RUNNER_SCRIPT)
+    module, function = flow.split(":")
+    (tmp_path / "runner.py").write_text(RUNNER_SCRIPT.replace("FLOW_MODULE", module).replace("FLOW_FUNCTION", function))
     registered = tmp_path / "registered"
     server_log, runner_log = (tmp_path / "server.log").open("w+"), (tmp_path / "runner.log").open("w+")
     server = subprocess.Popen(
@@ -123,14 +125,13 @@ def test_deployment_run_from_the_cli_converts_the_dataset(model_paths, tmp_path,
             stdin=subprocess.PIPE, stdout=runner_log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         # The server's first start (database migrations) takes 15-30 s: make the data meanwhile.
-        dataset_dir = synthetic_dataset(model_paths, tmp_path_factory)
+        parameters = prepare()
         wait_for(lambda: is_healthy(api_url), server, "prefect server health", limit_s=120)
         wait_for(registered.exists, runner, "deployment registration", limit_s=120)
 
+        options = [arg for name, value in parameters.items() for arg in ("-p", f"{name}={value}")]
         trigger = subprocess.run(
-            [PREFECT, "deployment", "run", "convert-smpl-to-skel/local",
-             "-p", f"dataset_dir={dataset_dir}", "-p", f"table_uri={table}",
-             "-p", f"models_root={model_paths.smpl.parent.parent}"],
+            [PREFECT, "deployment", "run", deployment, *options],
             env=env, capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         assert trigger.returncode == 0, trigger.stdout + trigger.stderr
@@ -143,13 +144,24 @@ def test_deployment_run_from_the_cli_converts_the_dataset(model_paths, tmp_path,
 
         state = flow_run_state(api_url, created.group(1))
         assert state.is_completed(), f"{state}\n{runner_output[-4000:]}"
-        assert label_table.read_labels(str(table)).num_rows == PEOPLE
     finally:
         if runner is not None:
             stop(runner)
         stop(server)
         server_log.close()
         runner_log.close()
+
+
+@pytest.mark.slow
+def test_deployment_run_from_the_cli_converts_the_dataset(model_paths, tmp_path, tmp_path_factory):
+    table = tmp_path / "labels"
+
+    def prepare() -> dict[str, str]:
+        dataset_dir = synthetic_dataset(model_paths, tmp_path_factory)
+        return {"dataset_dir": dataset_dir, "table_uri": table, "models_root": model_paths.smpl.parent.parent}
+
+    run_served_deployment(tmp_path, "flows.convert:convert_smpl_to_skel", "convert-smpl-to-skel/local", prepare)
+    assert label_table.read_labels(str(table)).num_rows == PEOPLE
 
 
 def flow_run_state(api_url: str, flow_run_id: str):

@@ -4,7 +4,8 @@ From one procedural humanoid (`hsmr_data.synthetic.humanoid`) this writes:
 
 - `smpl/SMPL_NEUTRAL.pkl`: the SMPL v1.0 layout, arrays as chumpy objects and the joint
   regressor as a scipy CSC matrix, like the official file, so the chumpy-free loader is
-  exercised on exactly what a real user has;
+  exercised on exactly what a real user has; `smpl/SMPL_MALE.pkl` and `smpl/SMPL_FEMALE.pkl` the
+  same for the male and female bodies (the meshes of the SKEL files of the same sex);
 - `skel/skel_male.pkl`, `skel/skel_female.pkl`: the SKEL v1.1.1 layout with every official key;
 - `hsmr/J_regressor_SKEL_mix_MALE.pkl` (scipy sparse) and `hsmr/SMPL_to_J19.pkl` (a numpy array):
   stand-ins of the two pickles HSMR's keypoints come from, in their formats;
@@ -40,7 +41,7 @@ from scipy.spatial import cKDTree
 from hsmr_data.synthetic.humanoid import Humanoid, build_humanoid
 from hsmr_model import skel_constants as C
 from hsmr_model.hsmr_keypoints import NUM_EXTRA, build_keypoint_regressor, keypoint_sources
-from hsmr_model.model_files import SKEL_VERSION, BodyModelPaths
+from hsmr_model.model_files import SKEL_VERSION, BodyModelPaths, gendered_smpl_path
 from hsmr_model.rotations import axis_angle_to_matrix
 from hsmr_model.skel_layer import bone_rest_orientation, bone_scales, local_offsets
 
@@ -294,7 +295,10 @@ def write_synthetic_models(out_dir: Path | str, seed: int = 0) -> BodyModelPaths
     build_keypoint_regressor(joints, extra, paths.keypoint_regressor)
     for sex in ("male", "female"):
         rng = np.random.default_rng([seed, 1 if sex == "male" else 2])
-        write_pickle(skel_model_dict(build_humanoid(sex, seed=seed), rng), paths.skel(sex))
+        body = build_humanoid(sex, seed=seed)
+        write_pickle(skel_model_dict(body, rng), paths.skel(sex))
+        # SKEL's skin is its sex's SMPL mesh; motion sequences are posed with their gender's SMPL.
+        write_pickle(smpl_model_dict(body), gendered_smpl_path(paths.smpl.parent, sex))
     return paths
 
 

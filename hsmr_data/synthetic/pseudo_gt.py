@@ -51,20 +51,23 @@ def fit_smpl_to_vertices(
     skel_world_rotations: torch.Tensor,
     betas: torch.Tensor,
     max_iterations: int = 30,
+    fit_betas: bool = True,
 ) -> SmplFit:
     """Fit SMPL (pose, shape, translation) to meshes of the same topology.
 
     Args:
         target_vertices: (B, 6890, 3); skel_world_rotations: (B, 24, 3, 3) of the body the mesh
-            shows, for the closed-form start; betas: (B, 10) start for SMPL's shape.
+            shows, for the closed-form start; betas: (B, 10) start for SMPL's shape, kept as it is
+            when not `fit_betas` (a motion sequence's one shape).
     """
     global_orient, body_pose = skel_world_to_smpl_pose(skel_world_rotations)
     with torch.no_grad():
         start = smpl(global_orient=global_orient, body_pose=body_pose, betas=betas).vertices
     transl = (target_vertices - start).mean(1)
     params = [p.detach().clone().requires_grad_(True) for p in (global_orient, body_pose, betas, transl)]
+    free = params if fit_betas else [params[0], params[1], params[3]]
     optimizer = torch.optim.LBFGS(
-        params, lr=1.0, max_iter=max_iterations, line_search_fn="strong_wolfe", tolerance_change=1e-12
+        free, lr=1.0, max_iter=max_iterations, line_search_fn="strong_wolfe", tolerance_change=1e-12
     )
 
     def closure() -> torch.Tensor:
