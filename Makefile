@@ -75,6 +75,7 @@ bench: models
 	$(BIN)/python bench/bench_synth.py --models $(MODELS) --out storage/bench/synth.json
 	$(BIN)/python bench/bench_convert.py --models $(MODELS) --out storage/bench/convert.json
 	$(BIN)/python bench/bench_skelify.py --models $(MODELS) --out storage/bench/skelify.json --threads 1
+	$(BIN)/python bench/bench_predict.py --models $(MODELS) --out storage/bench/predict.json
 
 lint: setup
 	$(BIN)/ruff check .
