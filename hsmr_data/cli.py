@@ -8,7 +8,7 @@ hsmr data synth --n N --out DIR [--seed S] [--hard-fraction F] [--val-fraction V
 hsmr convert --dataset-dir DIR --table URI [--models storage/models] [--device auto] [--batch-size N]
                                             SMPL pseudo-GT → SKEL labels in the label table (no Prefect;
                                             the same steps as the convert-smpl-to-skel flow)
-hsmr eval --dataset-dir DIR --table URI [--predictions P] [--out storage/reports/eval]
+hsmr eval --dataset-dir DIR [--table URI] [--predictions P] [--out storage/reports/eval]
                                             every label source (and a network's predictions) against the
                                             synthetic world's truth: the paper's Tables 1-4 as JSON + markdown
 hsmr dashboard --table URI [--dataset-dir DIR] [--out storage/reports/label_dashboard.html]
@@ -311,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluation = commands.add_parser("eval", help="score the labels (and predictions) against the synthetic truth")
     evaluation.add_argument("--dataset-dir", required=True, help="folder holding shards/*.tar and truth/")
-    evaluation.add_argument("--table", required=True, help="label table URI")
+    evaluation.add_argument("--table", help="label table URI; omit it for held-out people, who have no labels")
     evaluation.add_argument("--models", default="storage/models", help="body models in the standard layout")
     evaluation.add_argument("--predictions", help="a training run's predictions.parquet")
     evaluation.add_argument("--truth", help="ground-truth Parquet (default: DATASET_DIR/truth/ground_truth.parquet)")

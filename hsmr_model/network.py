@@ -73,6 +73,10 @@ class HeadConfig:
     heads: int = 8
     dim_head: int = 64
     mlp_dim: int = 1024
+    # The query starts from a linear map of the whole token grid (flattened), not a learned constant:
+    # a network from scratch then reads where the body parts are from the first step, while
+    # cross-attention starts uniform (an average that forgets the layout). Only for small grids.
+    spatial_query: bool = False
 
 
 VIT_CONFIGS: dict[str, ViTConfig] = {
@@ -87,7 +91,7 @@ VIT_CONFIGS: dict[str, ViTConfig] = {
 }
 HEAD_CONFIGS: dict[str, HeadConfig] = {
     "tiny": HeadConfig(dim=64, depth=2, heads=2, dim_head=32, mlp_dim=128),
-    "small": HeadConfig(dim=128, depth=2, heads=4, dim_head=32, mlp_dim=256),
+    "small": HeadConfig(dim=128, depth=2, heads=4, dim_head=32, mlp_dim=256, spatial_query=True),
     "B": HeadConfig(),
     "H": HeadConfig(),
 }
@@ -306,10 +310,11 @@ class HSMRHead(nn.Module):
     that is the learned `query` itself.
     """
 
-    def __init__(self, context_dim: int, config: HeadConfig, pose_target: str = "88d"):
+    def __init__(self, context_dim: int, config: HeadConfig, pose_target: str = "88d", tokens: int = 0):
         super().__init__()
         pose_size = TARGET_SIZE if pose_target == "88d" else C.NUM_DOFS
         self.query = nn.Parameter(torch.randn(1, 1, config.dim))
+        self.grid_to_query = nn.Linear(tokens * context_dim, config.dim) if config.spatial_query else None
         self.blocks = nn.ModuleList(DecoderBlock(config.dim, context_dim, config) for _ in range(config.depth))
         self.norm = nn.LayerNorm(config.dim)
         self.dec_pose = nn.Linear(config.dim, pose_size)
@@ -326,6 +331,8 @@ class HSMRHead(nn.Module):
     def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Image tokens (B, N, D) → pose (B, 88 or 46), β (B, 10), camera (s, t_x, t_y) (B, 3)."""
         x = self.query.expand(tokens.shape[0], -1, -1)
+        if self.grid_to_query is not None:
+            x = x + self.grid_to_query(tokens.flatten(1))[:, None]
         for block in self.blocks:
             x = block(x, tokens)
         x = self.norm(x)[:, 0]
@@ -349,7 +356,8 @@ class HSMRNetwork(nn.Module):
         super().__init__()
         self.config = config
         self.backbone = ViTBackbone(config.backbone)
-        self.head = HSMRHead(config.backbone.dim, config.head, config.pose_target)
+        rows, cols = config.backbone.grid
+        self.head = HSMRHead(config.backbone.dim, config.head, config.pose_target, rows * cols)
 
     def forward(self, images: torch.Tensor) -> HSMROutput:
         tokens = self.backbone(normalize_imagenet(crop_vit_input(images))).flatten(2).transpose(1, 2)
