@@ -382,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     curves = commands.add_parser("curves", help="learning curves of training runs (metrics.jsonl) as a PNG")
     curves.add_argument(
-        "--run", action="append", required=True, help="[LABEL=]RUN folder or metrics.jsonl (repeatable)"
+        "--run", dest="runs", action="append", required=True, help="[LABEL=]RUN folder or metrics.jsonl (repeatable)"
     )
     curves.add_argument("--out", default="storage/reports/learning_curves.png")
     curves.set_defaults(run=_curves)
