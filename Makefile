@@ -88,6 +88,7 @@ bench: models
 	$(BIN)/python bench/bench_skelify.py --models $(MODELS) --out storage/bench/skelify.json --threads 1
 	$(BIN)/python bench/bench_scaleout.py --models $(MODELS) --out storage/bench/scaleout.json
 	$(BIN)/python bench/bench_sequences.py --models $(MODELS) --out storage/bench/sequences.json
+	$(BIN)/python bench/bench_predict.py --models $(MODELS) --out storage/bench/predict.json
 
 lint: setup
 	$(BIN)/ruff check .

@@ -2,7 +2,8 @@
 
 synthetic models and dataset → convert-smpl-to-skel (fit + quality filters, round 0) → export-shards
 → train-hsmr (with SKELify refinement inside training) → refine-round (on the final predictions) →
-evaluation report → label-dashboard. Every step resumes: the dataset is kept while its manifest
+evaluation report → predict (the network on the held-out test people) and their report →
+label-dashboard. Every step resumes: the dataset is kept while its manifest
 exists, conversion and refinement skip what the label table records as committed, the export skips
 finished shards and training continues from its checkpoint; so a rerun after a crash redoes only
 what is missing.
@@ -24,6 +25,7 @@ from prefect import flow, get_run_logger
 from flows.convert import convert_smpl_to_skel
 from flows.dashboard import label_dashboard
 from flows.export import export_shards
+from flows.predict import predict_flow
 from flows.refine import refine_round_flow
 from flows.train import train_hsmr
 from hsmr_data.evaluate import EvalConfig, evaluate, write_report
@@ -44,21 +46,28 @@ def pipeline_paths(root: str | Path) -> dict[str, str]:
         "shards": str(root / "shards"),
         "run": str(root / "runs" / "hsmr-tiny"),
         "reports": str(root / "reports"),
+        "test_reports": str(root / "reports" / "test"),
         "dashboard": str(root / "reports" / "label_dashboard.html"),
     }
 
 
+HELD_OUT = 0.1  # the share of people in each of the val and test splits
+
+
 def ensure_dataset(dataset_dir: str, models_root: str, count: int, seed: int) -> dict[str, Any]:
-    """The synthetic dataset, generated unless a complete one of the same size and seed is there."""
+    """The synthetic dataset (training people in dataset_dir, held-out ones in its val/ and test/),
+    generated unless a complete one of the same size, seed and splits is there."""
     manifest = Path(dataset_dir) / "manifest.json"
     if manifest.exists():
         config = json.loads(manifest.read_text())["config"]
-        if config["count"] == count and config["seed"] == seed:
+        if (config["count"], config["seed"], config.get("test_fraction")) == (count, seed, HELD_OUT):
             return {"dataset_dir": dataset_dir, "generated": False}
-        raise ValueError(f"{dataset_dir} holds a dataset of {config['count']} people (seed {config['seed']}); "
-                         f"asked for {count} (seed {seed}): choose another --root or remove it")  # fmt: skip
+        raise ValueError(f"{dataset_dir} holds a dataset of {config['count']} people (seed {config['seed']}, test "
+                         f"share {config.get('test_fraction', 0)}); asked for {count} (seed {seed}, test share "
+                         f"{HELD_OUT}): choose another --root or remove it")  # fmt: skip
     paths = ensure_synthetic_models(models_root)
-    summary = generate_dataset(paths, dataset_dir, SynthConfig(count=count, seed=seed))
+    config = SynthConfig(count=count, seed=seed, val_fraction=HELD_OUT, test_fraction=HELD_OUT)
+    summary = generate_dataset(paths, dataset_dir, config)
     return {"dataset_dir": dataset_dir, "generated": True, "seconds": summary.seconds}
 
 
@@ -101,6 +110,13 @@ def pipeline(
     )
     evaluation = evaluate(EvalConfig(paths["dataset"], paths["table"], paths["models"], trained["predictions"]))
     report_json, report_md = write_report(evaluation, paths["reports"])
+    test_dir = str(Path(paths["dataset"]) / "test")
+    predicted = predict_flow(
+        trained["checkpoint"], [f"{DATASET}={test_dir}"], out=str(Path(paths["run"]) / "test_predictions.parquet"),
+        models_root=paths["models"], device=device,
+    )  # fmt: skip
+    held_out = evaluate(EvalConfig(test_dir, None, paths["models"], predicted["predictions"]))
+    test_json, test_md = write_report(held_out, paths["test_reports"])
     dashboard = label_dashboard(paths["table"], paths["dataset"], paths["models"], paths["dashboard"])
     logger.info("dashboard: %s; report: %s", paths["dashboard"], report_md)
     return {
@@ -112,6 +128,8 @@ def pipeline(
         "refine_round": {"round": refined["round"], "status": refined["status"]},
         "report": str(report_md),
         "report_json": str(report_json),
+        "test_report": str(test_md),
+        "test_report_json": str(test_json),
         "dashboard": dashboard["page"],
     }
 
@@ -137,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(json.dumps(result, indent=2))
     print(f"\nlabel-quality dashboard: {result['dashboard']}\nevaluation report:       {result['report']}")
+    print(f"held-out test report:    {result['test_report']}")
     return 0
 
 

@@ -20,6 +20,7 @@ from flows.convert import convert_smpl_to_skel
 from flows.dashboard import label_dashboard
 from flows.export import export_shards
 from flows.pipeline import pipeline
+from flows.predict import predict_flow
 from flows.refine import refine_round_flow
 from flows.sequences import convert_sequences
 from flows.train import train_hsmr
@@ -27,8 +28,16 @@ from flows.train import train_hsmr
 DEPLOYMENT_NAME = "local"
 
 # Each pipeline step joins this list as its flow lands.
-FLOWS: list[Flow] = [convert_smpl_to_skel, export_shards, train_hsmr, refine_round_flow, label_dashboard, pipeline]
-FLOWS.append(convert_sequences)
+FLOWS: list[Flow] = [
+    convert_smpl_to_skel,
+    export_shards,
+    train_hsmr,
+    refine_round_flow,
+    label_dashboard,
+    pipeline,
+    predict_flow,
+    convert_sequences,
+]
 
 
 def deployments():

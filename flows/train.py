@@ -26,7 +26,7 @@ from flows.settings import artifact_key
 from hsmr_data import train_run
 from hsmr_data.cli import add_train_arguments
 from hsmr_data.train_run import InTrainingRefinement, TrainingRun
-from hsmr_data.training import TrainConfig
+from hsmr_data.training import make_config
 
 FLOW_NAME = "train-hsmr"
 DEFAULT_SHARDS = "storage/shards"
@@ -47,15 +47,16 @@ def train_hsmr(
     out_dir: str = DEFAULT_OUT,
     weights: list[float] | None = None,
     models_root: str = "storage/models",
-    size: str = "tiny",
-    pose_target: str = "88d",
-    steps: int = 300,
-    batch_size: int = 16,
-    lr: float = 1e-4,
-    checkpoint_every: int = 100,
+    recipe: str | None = None,
+    size: str | None = None,
+    pose_target: str | None = None,
+    steps: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    checkpoint_every: int | None = None,
     device: str = "auto",
     seed: int = 0,
-    loader_workers: int = 0,
+    loader_workers: int | None = None,
     nproc: int = 1,
     refine_every: int = 0,
     refine_warmup: int = 5000,
@@ -63,13 +64,15 @@ def train_hsmr(
     table_uri: str = "storage/labels/synth",
     dataset_dir: str = "storage/datasets/synth",
 ) -> dict[str, Any]:
-    """Train on the datasets of `indexes` (default: the latest export) mixed by `weights`.
+    """Train on the datasets of `indexes` (default: the latest export) mixed by `weights`, with the
+    settings of `recipe` ("paper", "cpu"; None: TrainConfig's defaults) where a parameter is None.
 
     With `refine_every` > 0, SKELify refines the labels of `table_uri` inside training (HSMR: after
     5000 steps, every 230 steps, on the latest 18,000 predictions) and training reads the new labels.
     `nproc` > 1: DDP in that many processes; `batch_size` is the global batch, split evenly over them.
     """
-    config = TrainConfig(
+    config = make_config(
+        recipe,
         indexes=tuple(indexes or [latest_index()]),
         out_dir=out_dir,
         weights=tuple(weights) if weights else None,
@@ -90,7 +93,8 @@ def train_hsmr(
         refinement = InTrainingRefinement(refine, warmup=refine_warmup, every=refine_every)
     spec = TrainingRun(config, refinement)
     logger = get_run_logger()
-    logger.info("training a %s network on %s for %d steps in %d process(es)", size, config.indexes, steps, nproc)
+    steps = config.steps
+    logger.info("training a %s network on %s for %d steps in %d process(es)", config.size, config.indexes, steps, nproc)
     progress = create_progress_artifact(0.0, description=f"{FLOW_NAME} steps done of {steps}")
     curve: list[dict] = []
 
@@ -115,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         out_dir=args.out,
         weights=args.weight,
         models_root=args.models,
+        recipe=args.recipe,
         size=args.size,
         pose_target=args.pose_target,
         steps=args.steps,

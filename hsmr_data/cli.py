@@ -5,13 +5,14 @@ hsmr models check --root DIR                load and validate model files (real 
                                             every missing file and where it comes from
 hsmr models keypoints --joints J_regressor_SKEL_mix_MALE.pkl --extra SMPL_to_J19.pkl --out DIR
                                             HSMR's 44-keypoint regressor: DIR/keypoint_regressor_44.npz
-hsmr data synth --n N --out DIR [--seed S] [--hard-fraction F]
-                                            the synthetic dataset (tars, ground truth, contact sheet)
+hsmr data synth --n N --out DIR [--seed S] [--hard-fraction F] [--val-fraction V] [--test-fraction T]
+                                            the synthetic dataset (tars, ground truth, contact sheet); the
+                                            training people in DIR, held-out ones in DIR/val and DIR/test
 hsmr convert (--dataset NAME=SPEC ... | --dataset-dir DIR) --table URI [--models storage/models] [--device auto]
                                             SMPL pseudo-GT → SKEL labels in the label table (no Prefect;
                                             the same steps as the convert-smpl-to-skel flow); SPEC: a brace
                                             pattern, a folder, file:, pipe:CMD, http(s) or an fsspec URL
-hsmr eval --dataset-dir DIR --table URI [--predictions P] [--out storage/reports/eval]
+hsmr eval --dataset-dir DIR [--table URI] [--predictions P] [--out storage/reports/eval]
                                             every label source (and a network's predictions) against the
                                             synthetic world's truth: the paper's Tables 1-4 as JSON + markdown
 hsmr dashboard --table URI [--dataset-dir DIR] [--out storage/reports/label_dashboard.html]
@@ -19,6 +20,12 @@ hsmr dashboard --table URI [--dataset-dir DIR] [--out storage/reports/label_dash
 hsmr refine [--predictions RUN/predictions.parquet] [--table URI] [--dataset-dir DIR] [--round K] [--latest M]
                                             one SKELify refinement round of the label table (no Prefect; the
                                             same steps as the refine-round flow)
+hsmr predict --checkpoint RUN --dataset NAME=DIR [--out predictions.parquet]
+hsmr predict --checkpoint RUN --images DIR --boxes boxes.json [--overlays DIR]
+                                            a trained network on people outside training (tars, or images
+                                            with person boxes): the training predictions' columns
+hsmr curves --run LABEL=RUN [--run ...] --out curves.png
+                                            the learning curves of training runs, one panel per loss term
 hsmr demo --models storage/models --out storage/demo
 hsmr data motion --out DIR [--frames T]     synthetic AMASS-style motion sequences with their true SKEL parameters
 hsmr convert-seq --input FILE_OR_DIR --out DIR [--batch-size N] [--overlap K] [--smoothness W]
@@ -70,7 +77,14 @@ def _data_synth(args: argparse.Namespace) -> int:
     from hsmr_data.synthetic.body_models import ensure_synthetic_models
     from hsmr_data.synthetic.world import SynthConfig, generate_dataset
 
-    config = SynthConfig(count=args.n, seed=args.seed, hard_fraction=args.hard_fraction, dataset=args.dataset)
+    config = SynthConfig(
+        count=args.n,
+        seed=args.seed,
+        hard_fraction=args.hard_fraction,
+        dataset=args.dataset,
+        val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
+    )
     summary = generate_dataset(ensure_synthetic_models(args.models), Path(args.out), config)
     print(json.dumps(asdict(summary), indent=2))
     return 0
@@ -220,26 +234,33 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+def train_config(args: argparse.Namespace, indexes: list[str]):
+    """The TrainConfig of `add_train_arguments`' options: the recipe's values, then those given on the line."""
+    from hsmr_data.training import make_config
 
-    from hsmr_data import train_run
-    from hsmr_data.training import TrainConfig
-
-    config = TrainConfig(
-        indexes=tuple(args.index),
+    return make_config(
+        args.recipe,
+        indexes=tuple(indexes),
         out_dir=args.out,
         weights=tuple(args.weight) if args.weight else None,
         models_root=args.models,
+        device=args.device,
         size=args.size,
         pose_target=args.pose_target,
         steps=args.steps,
         batch_size=args.batch_size,
         lr=args.lr,
         checkpoint_every=args.checkpoint_every,
-        device=args.device,
         loader_workers=args.loader_workers,
     )
+
+
+def _train(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from hsmr_data import train_run
+
+    config = train_config(args, args.index)
     spec = train_run.TrainingRun(config)
     with tqdm(total=config.steps, unit="step", desc="train") as bar:
 
@@ -249,6 +270,32 @@ def _train(args: argparse.Namespace) -> int:
 
         result = train_run.train(spec, args.nproc, on_log=on_log)
     print(json.dumps(result, indent=2))
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from hsmr_data import predict
+
+    if bool(args.images) == bool(args.dataset) or (args.images and not args.boxes):
+        print("error: give --dataset NAME=DIR (repeatable), or --images DIR with --boxes boxes.json", file=sys.stderr)
+        return 2
+    predictor = predict.Predictor(predict.PredictConfig(args.checkpoint, args.models, args.batch_size, args.device))
+    with tqdm(unit="person", desc=f"predict ({predictor.device})") as bar:
+        if args.images:
+            result = predict.predict_images(predictor, args.images, args.boxes, args.out, args.overlays, bar.update)
+        else:
+            result = predict.predict_dataset(predictor, args.dataset, args.out, bar.update)
+    print(json.dumps(asdict(result), indent=2))
+    return 0
+
+
+def _curves(args: argparse.Namespace) -> int:
+    from hsmr_data.curves import plot_curves
+
+    runs = dict(item.split("=", 1) if "=" in item else (Path(item).name, item) for item in args.runs)
+    print(f"written: {plot_curves(runs, args.out)}")
     return 0
 
 
@@ -296,14 +343,18 @@ def add_train_arguments(parser: argparse.ArgumentParser, index_required: bool, d
     out_help = "run folder: checkpoint, metrics.jsonl, predictions.parquet"
     parser.add_argument("--out", required=default_out is None, default=default_out, help=out_help)
     parser.add_argument("--models", default="storage/models")
-    parser.add_argument("--size", default="tiny", choices=("tiny", "B", "H"))
-    parser.add_argument("--pose-target", default="88d", choices=("88d", "euler"))
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--checkpoint-every", type=int, default=100)
+    recipes = "named settings (hsmr_data.training.RECIPES): paper (ViT-B/H on a GPU), cpu (from scratch on a CPU)"
+    parser.add_argument("--recipe", choices=("paper", "cpu"), help=recipes + "; the options below override it")
+    parser.add_argument("--size", choices=("tiny", "small", "B", "H"), help="default: the recipe's, else tiny")
+    parser.add_argument("--pose-target", choices=("88d", "euler"), help="default 88d")
+    parser.add_argument("--steps", type=int, help="default 300")
+    parser.add_argument("--batch-size", type=int, help="default: the recipe's, else 16")
+    parser.add_argument("--lr", type=float, help="default: the recipe's, else 1e-4")
+    parser.add_argument("--checkpoint-every", type=int, help="default 100")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--loader-workers", type=int, default=0, help="data-loading processes per training process")
+    parser.add_argument(
+        "--loader-workers", type=int, help="data-loading processes per training process (default: the recipe's, else 0)"
+    )
     parser.add_argument(
         "--nproc", type=int, default=1, help="DDP processes under torchrun (one per GPU; gloo on a CPU); 1: no DDP"
     )
@@ -340,6 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
     data_synth.add_argument("--seed", type=int, default=0)
     data_synth.add_argument("--hard-fraction", type=float, default=0.2, help="share of MOYO-like hard poses and views")
     data_synth.add_argument("--dataset", default="synth", help="dataset name, the prefix of every sample key")
+    held_out = "share of the people held out as a dataset of its own in OUT/{}"
+    data_synth.add_argument("--val-fraction", type=float, default=0.1, help=held_out.format("val"))
+    data_synth.add_argument("--test-fraction", type=float, default=0.1, help=held_out.format("test"))
     data_synth.add_argument("--models", default="storage/models", help="body models (synthetic ones written if absent)")
     data_synth.set_defaults(run=_data_synth)
 
@@ -372,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluation = commands.add_parser("eval", help="score the labels (and predictions) against the synthetic truth")
     evaluation.add_argument("--dataset-dir", required=True, help="folder holding shards/*.tar and truth/")
-    evaluation.add_argument("--table", required=True, help="label table URI")
+    evaluation.add_argument("--table", help="label table URI; omit it for held-out people, who have no labels")
     evaluation.add_argument("--models", default="storage/models", help="body models in the standard layout")
     evaluation.add_argument("--predictions", help="a training run's predictions.parquet")
     evaluation.add_argument("--truth", help="ground-truth Parquet (default: DATASET_DIR/truth/ground_truth.parquet)")
@@ -433,6 +487,29 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train the HSMR network on exported shards (resumes in --out)")
     add_train_arguments(train, index_required=True, default_out=None)
     train.set_defaults(run=_train)
+
+    predict = commands.add_parser("predict", help="run a trained network on HMR2.0-style tars or on images with boxes")
+    predict.add_argument("--checkpoint", required=True, help="a training run folder or its checkpoint.pt")
+    predict.add_argument(
+        "--dataset", action="append", help="NAME=DIR of HMR2.0-style tars (DIR/shards/*.tar or DIR/*.tar)"
+    )
+    predict.add_argument("--images", help="a folder of images; their people come from --boxes")
+    predict.add_argument(
+        "--boxes", help='boxes.json: {"IMAGE": [{"box": [x0, y0, x1, y1]} or {"center": [x, y], "scale": s}]}'
+    )
+    predict.add_argument("--overlays", help="with --images: a folder for one overlay PNG per image")
+    predict.add_argument("--out", default="predictions.parquet", help="the Parquet table to write")
+    predict.add_argument("--models", default="storage/models", help="body models in the standard layout")
+    predict.add_argument("--batch-size", type=int, default=32)
+    predict.add_argument("--device", default="auto", help='"auto" (CUDA when present), "cpu", "cuda:1", ...')
+    predict.set_defaults(run=_predict)
+
+    curves = commands.add_parser("curves", help="learning curves of training runs (metrics.jsonl) as a PNG")
+    curves.add_argument(
+        "--run", dest="runs", action="append", required=True, help="[LABEL=]RUN folder or metrics.jsonl (repeatable)"
+    )
+    curves.add_argument("--out", default="storage/reports/learning_curves.png")
+    curves.set_defaults(run=_curves)
 
     demo = commands.add_parser("demo", help="load the models, pose bodies, write meshes and renders")
     demo.add_argument("--models", default="storage/models")

@@ -7,7 +7,13 @@ it, on the normal split and on the hard one (the MOYO-like poses and views):
   the SKEL skin alike, since they share a topology); the paper's SMPL-output rows (HMR2.0);
 - "SMPL + SKEL fit": round 0 of the label table, SKEL fitted to that SMPL (Table 3's baseline);
 - "refined labels": the label table as it stands, after the SKELify rounds;
-- "network": a training run's predictions, when given (the paper's HSMR row).
+- "network": a training run's predictions or `hsmr predict`'s, when given (the paper's HSMR row);
+- "constant mean pose": one body for everyone, the mean true pose (pelvis rotation averaged as a
+  rotation) and mean β of the people scored: the best a network that ignores the image could do, so
+  a network row means "learned" only below it.
+
+The label rows need the label table; without one (people held out of training have no labels) the
+report has the pseudo-GT, the constant and the network.
 
 Metrics (hsmr_model.metrics): PCK@0.05/0.1 of the OpenPose body keypoints against the true ones
 projected in the crop camera, over the keypoints the dataset marks visible (confidence > 0);
@@ -42,6 +48,7 @@ from hsmr_data.records import PersonSample
 from hsmr_model import camera
 from hsmr_model import metrics as M
 from hsmr_model.model_files import BodyModelPaths
+from hsmr_model.pose_repr import bone_rotations, rotation_to_bone_dofs
 from hsmr_model.regressor import VertexRegressor
 from hsmr_model.skel_layer import SKELLayer
 from hsmr_model.smpl_layer import SMPLWithKeypoints
@@ -53,7 +60,7 @@ SKEL_SEX = "male"  # the labels and the synthetic world use the male SKEL model
 @dataclass(frozen=True)
 class EvalConfig:
     dataset_dir: str  # holds shards/*.tar and, by default, truth/ground_truth.parquet
-    table_uri: str
+    table_uri: str | None = None  # the label table; None: no label rows (e.g. a held-out split)
     models_root: str = "storage/models"
     predictions_path: str | None = None  # a training run's predictions.parquet
     truth_path: str | None = None
@@ -205,18 +212,36 @@ def _label_arrays(labels, ids: list[str]) -> dict[str, np.ndarray]:
     return {name: np.array([rows[i][name] for i in ids], np.float64) for name in ("q", "betas", "trans")}
 
 
+def constant_pose(q: np.ndarray, betas: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The mean of (N, 46) q and (N, 10) β, repeated `count` times: ((count, 46), (count, 10)).
+
+    The pelvis DoFs (unlimited, wrapping at ±π) are averaged as rotations: the mean of the
+    rotation matrices projected back onto a rotation; every other DoF has limits inside ±π and
+    is averaged as a number.
+    """
+    pelvis = bone_rotations(torch.as_tensor(q, dtype=torch.float64))[:, 0].mean(0)
+    u, _, vt = torch.linalg.svd(pelvis)
+    nearest = u @ torch.diag(torch.tensor([1.0, 1.0, torch.det(u @ vt)], dtype=torch.float64)) @ vt
+    mean_q = np.asarray(q, np.float64).mean(0)
+    mean_q[0:3] = rotation_to_bone_dofs(nearest[None], bone=0)[0].numpy()
+    return np.tile(mean_q, (count, 1)), np.tile(np.asarray(betas, np.float64).mean(0), (count, 1))
+
+
 def evaluate(config: EvalConfig, models: EvalModels | None = None) -> dict[str, Any]:
     """Score every source against the truth per split: the report as a JSON-able dict."""
     models = models or EvalModels.load(config.models_root)
     truth = {row["sample_id"]: row for row in pq.read_table(config.truth).to_pylist()}
     samples = load_samples(config.dataset_dir, config.dataset)
-    round0 = label_table.read_labels(config.table_uri, round=0)
-    latest = label_table.read_labels(config.table_uri)
-    latest_round = max(label_table.round_versions(config.table_uri))
+    tables = {}
+    if config.table_uri is not None:
+        tables[0] = label_table.read_labels(config.table_uri, round=0)
+        latest_round = max(label_table.round_versions(config.table_uri))
+        tables[latest_round] = label_table.read_labels(config.table_uri)
     predictions = pq.read_table(config.predictions_path).to_pylist() if config.predictions_path else None
 
     common = set(truth) & set(samples)
-    common &= set(round0["sample_id"].to_pylist()) & set(latest["sample_id"].to_pylist())
+    for table in tables.values():
+        common &= set(table["sample_id"].to_pylist())
     if predictions is not None:
         common &= {row["sample_id"] for row in predictions}
     ids = sorted(common)
@@ -227,14 +252,9 @@ def evaluate(config: EvalConfig, models: EvalModels | None = None) -> dict[str, 
     observed = observed_keypoints(people)
     visible = np.stack([s.keypoints_2d[:, 2] > 0 for s in people])
     split = np.array([truth[i]["split"] for i in ids])
-    true_bodies = skel_bodies(
-        models,
-        np.array([truth[i]["q"] for i in ids]),
-        np.array([truth[i]["betas"] for i in ids]),
-        np.array([truth[i]["trans"] for i in ids]),
-        observed,
-        config.batch_size,
-    )
+    true_q, true_betas = np.array([truth[i]["q"] for i in ids]), np.array([truth[i]["betas"] for i in ids])
+    true_trans = np.array([truth[i]["trans"] for i in ids])
+    true_bodies = skel_bodies(models, true_q, true_betas, true_trans, observed, config.batch_size)
 
     def labels_source(key: str, label: str, table) -> Source:
         arrays = _label_arrays(table, ids)
@@ -249,11 +269,13 @@ def evaluate(config: EvalConfig, models: EvalModels | None = None) -> dict[str, 
         observed,
         config.batch_size,
     )
-    sources = [
-        Source("smpl_pseudo_gt", "SMPL pseudo-GT", "SMPL", pseudo_gt),
-        labels_source("smpl_skel_fit", "SMPL + SKEL fit (round 0)", round0),
-        labels_source("refined_labels", f"refined labels (round {latest_round})", latest),
-    ]
+    sources = [Source("smpl_pseudo_gt", "SMPL pseudo-GT", "SMPL", pseudo_gt)]
+    if tables:
+        sources.append(labels_source("smpl_skel_fit", "SMPL + SKEL fit (round 0)", tables[0]))
+        sources.append(labels_source("refined_labels", f"refined labels (round {latest_round})", tables[latest_round]))
+    constant_q, constant_betas = constant_pose(true_q, true_betas, len(ids))
+    constant = skel_bodies(models, constant_q, constant_betas, None, observed, config.batch_size)
+    sources.append(Source("constant", "constant mean pose", "SKEL", constant))
     if predictions is not None:
         by_id = {row["sample_id"]: row for row in predictions}
         q = np.array([by_id[i]["q"] for i in ids], np.float64)
@@ -266,7 +288,7 @@ def evaluate(config: EvalConfig, models: EvalModels | None = None) -> dict[str, 
         "dataset_dir": config.dataset_dir,
         "table_uri": config.table_uri,
         "predictions": config.predictions_path,
-        "latest_round": latest_round,
+        "latest_round": max(tables) if tables else None,
         "samples": {name: int((split == name).sum()) for name in SPLITS},
         "sources": {
             source.key: {
@@ -305,15 +327,21 @@ def _accuracy_table(report: dict[str, Any], keys: list[str]) -> list[str]:
 def to_markdown(report: dict[str, Any]) -> str:
     """The report as the paper's tables: 1 (SMPL output and the network), 2 (mesh), 3 (SKEL fits), 4 (limits)."""
     sources = report["sources"]
-    smpl_and_network = [k for k in ("smpl_pseudo_gt", "network") if k in sources]
+    smpl_and_network = [k for k in ("smpl_pseudo_gt", "constant", "network") if k in sources]
     skel_fits = [k for k in ("smpl_skel_fit", "refined_labels") if k in sources]
     counts = ", ".join(f"{n} {split}" for split, n in report["samples"].items())
+    tables = (
+        f"Label table `{report['table_uri']}`, latest round {report['latest_round']}."
+        if skel_fits
+        else "No label table."
+    )
     lines = [
         "# Evaluation against the synthetic world's true bodies",
         "",
-        f"Samples: {counts} (every method on the same ones). Label table `{report['table_uri']}`, "
-        f"latest round {report['latest_round']}. PCK: share of visible OpenPose keypoints within t × crop size; "
-        "MPJPE and PA-MPJPE in mm on the 14 LSP joints, pelvis-centred.",
+        f"Samples: {counts} (every method on the same ones). {tables} PCK: share of visible OpenPose keypoints "
+        "within t × crop size; MPJPE and PA-MPJPE in mm on the 14 LSP joints, pelvis-centred. The constant mean "
+        "pose is one body for all (the mean true pose and β of these people): a network has learned where it "
+        "scores below it.",
         "",
         "## Table 1: SMPL pseudo-GT (the paper's SMPL-output rows) and the network",
         "",
@@ -334,10 +362,13 @@ def to_markdown(report: dict[str, Any]) -> str:
             for k in sources
         ),
         "",
-        "## Table 3: SKEL recovered by fitting (SMPL + SKEL fit) and after refinement",
-        "",
-        *_accuracy_table(report, skel_fits),
-        "",
+        *(
+            ["## Table 3: SKEL recovered by fitting (SMPL + SKEL fit) and after refinement", ""]
+            + _accuracy_table(report, skel_fits)
+            + [""]
+            if skel_fits
+            else []
+        ),
         "## Table 4: share of samples whose elbow or knee rotation exceeds the natural range",
         "",
         "| method | split | "

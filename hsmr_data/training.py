@@ -5,7 +5,8 @@ the data position is the step itself (the loader draws batch k from (seed, k) al
 killed after a checkpoint and started again continues exactly where the checkpoint left it: on the
 CPU it ends with the parameters an uninterrupted run ends with.
 
-Losses and throughput go to `metrics.jsonl` (one JSON object per logged step); the latest
+Losses (means over the steps since the previous record), the gradient norm, the learning rate and
+throughput go to `metrics.jsonl` (one JSON object per logged step); the latest
 prediction for each sample (brought back to the unaugmented crop) goes to `predictions.parquet`
 at every checkpoint, for SKELify refinement.
 """
@@ -13,6 +14,7 @@ at every checkpoint, for SKELify refinement.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -53,13 +55,69 @@ class TrainConfig:
     lr: float = 1e-4  # the paper's 1e-5 is for ViT-H from ViTPose; a tiny net from scratch needs more
     weight_decay: float = 1e-4
     grad_clip: float = 1.0
+    warmup_steps: int = 0  # linear warm-up of the learning rate from 0
+    lr_schedule: str = "constant"  # or "cosine": from lr after the warm-up down to 0 at `steps`
     checkpoint_every: int = 100
     log_every: int = 10
     seed: int = 0
     loader_workers: int = 0
+    # Torch threads on the CPU (None: torch's default, one per core). On a small shared machine one
+    # thread did the same step with 5-8× less CPU time than two (idle threads spin while they wait).
+    cpu_threads: int | None = None
     device: str = "auto"
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     loss_weights: LossWeights = field(default_factory=LossWeights)
+
+    def __post_init__(self):
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
+
+
+RECIPES: dict[str, dict] = {
+    # HSMR's public configuration: ViT-B/H from ViTPose on a GPU (AdamW 1e-5, its loss weights and
+    # augmentation, no schedule).
+    "paper": {"lr": 1e-5},
+    # From scratch on a CPU in minutes (the diagnosis is in the README, "Training recipes"): a ViT with
+    # a convolutional stem at half resolution; a learning rate a network from scratch needs, warmed up
+    # and annealed; the parameter losses weighted so the pose and shape are learned directly instead
+    # of only through the keypoint L1 (which, alone, shrinks β to hide an uninformed pose); milder
+    # rotations and zoom.
+    "cpu": {
+        "size": "small",
+        "batch_size": 32,
+        "cpu_threads": 1,
+        "loader_workers": 1,  # the other core decodes and augments the next batch
+        "lr": 1e-3,
+        "warmup_steps": 100,
+        "lr_schedule": "cosine",
+        "loss_weights": LossWeights(kp3d=0.005, kp2d=0.001, orientation=0.5, body_pose=0.5, betas=0.05),
+        "augment": AugmentConfig(scale=0.15, rotation_p=0.3, rotation_deg=15.0),
+    },
+}
+
+
+def recipe(name: str, **fields) -> TrainConfig:
+    """A TrainConfig from a named recipe (RECIPES); `fields` set the run's own (indexes, out_dir, ...) and win."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; known: {sorted(RECIPES)}")
+    return TrainConfig(**{**RECIPES[name], **fields})
+
+
+def make_config(recipe_name: str | None = None, **fields) -> TrainConfig:
+    """A TrainConfig from a recipe (None: TrainConfig's defaults) and the fields given; a None field takes
+    the recipe's value (what a command line or a flow parameter left unset)."""
+    given = {name: value for name, value in fields.items() if value is not None}
+    return recipe(recipe_name, **given) if recipe_name else TrainConfig(**given)
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """The learning rate of step `step` (0-based): a pure function of the step, so resuming needs no state."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    if config.lr_schedule == "cosine":
+        progress = (step - config.warmup_steps) / max(config.steps - config.warmup_steps, 1)
+        return config.lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return config.lr
 
 
 @dataclass
@@ -92,6 +150,8 @@ class Trainer:
         # Under torchrun this process is one rank of a DDP run (see hsmr_data.distributed), else the only one.
         self.group = distributed.join(device)
         self.device = self.group.device(device)
+        if self.device.type == "cpu" and config.cpu_threads:
+            torch.set_num_threads(config.cpu_threads)  # process-wide: a training run owns its process
         torch.manual_seed(config.seed)
         self.model = HSMRNetwork(network_config(config.size, config.pose_target)).to(self.device)
         if config.vitpose_checkpoint:
@@ -203,16 +263,20 @@ class Trainer:
         total, parts = hsmr_loss(
             output.bone_rotations.float(), output_betas, keypoints_3d, keypoints_2d, targets, self.config.loss_weights
         )
+        lr = learning_rate(self.config, self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
         # The loss sums over samples, DDP averages gradients over ranks: scaling by the world size makes
         # the gradient that of the loss over the whole (global) batch, as in a one-process run.
         self.scaler.scale(total * self.group.world_size).backward()
         self.scaler.unscale_(self.optimizer)
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self._remember(batch["meta"], output_q, output_betas, output.cam_t.float(), keypoints_2d)
-        return {"loss": float(total.detach()), **{k: float(v.detach()) for k, v in parts.items()}}
+        losses = {k: float(v.detach()) for k, v in parts.items()}
+        return {"loss": float(total.detach()), **losses, "grad_norm": float(grad_norm), "lr": lr}
 
     def _remember(self, meta, q, betas, cam_t, keypoints_2d) -> None:
         q, betas = q.detach().cpu().numpy(), betas.detach().cpu().numpy()
@@ -252,16 +316,23 @@ class Trainer:
         )
         metrics_path = self.out_dir / "metrics.jsonl"
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        losses, started, images = {}, time.perf_counter(), 0
+        losses, started, images, interval = {}, time.perf_counter(), 0, []
         for batch in loader:
             if batch["labels_version"] != self.batches.labels_version():
                 batch = self.batches[batch["step"]]  # built by a worker before new labels were announced
             losses = self.train_step(batch)
+            interval.append(losses)
             self.step += 1
             images += len(batch["meta"]) * self.group.world_size
             if self.step % self.config.log_every == 0 or self.step == end:
-                losses = {name: value * self.group.world_size for name, value in self.group.mean(losses).items()}
-                record = {"step": self.step, **losses, "images_per_s": images / (time.perf_counter() - started)}
+                # The mean over the steps since the last record: one batch alone is too noisy a curve.
+                means = {name: float(np.mean([step[name] for step in interval])) for name in losses}
+                interval = []
+                # Loss terms sum over samples, so the global batch's are the sum over ranks; the gradient
+                # norm and the learning rate are those of the (all-reduced) update, the same on every rank.
+                terms = {name: value for name, value in means.items() if name not in ("grad_norm", "lr")}
+                means |= {name: value * self.group.world_size for name, value in self.group.mean(terms).items()}
+                record = {"step": self.step, **means, "images_per_s": images / (time.perf_counter() - started)}
                 if self.group.is_main:
                     with metrics_path.open("a") as handle:
                         handle.write(json.dumps(record) + "\n")

@@ -49,11 +49,18 @@ class ViTConfig:
     patch_padding: int = 2
     image_size: tuple[int, int] = (CROP_SIZE, VIT_INPUT_WIDTH)
     drop_path: float = 0.0  # stochastic depth at the last block, linearly less before it
+    # "patch": ViTPose's single strided convolution (its weights load); "conv": the image averaged
+    # down by `stem_pool`, then 3×3 stride-2 convolutions to a stride of `patch_size` (a ViT trained
+    # from scratch on little data learns far faster with them; the pooling buys CPU time).
+    stem: str = "patch"
+    stem_pool: int = 1
 
     @property
     def grid(self) -> tuple[int, int]:
         """Token rows and columns."""
         h, w = self.image_size
+        if self.stem == "conv":
+            return h // self.patch_size, w // self.patch_size
         return tuple((side + 2 * self.patch_padding - self.patch_size) // self.patch_size + 1 for side in (h, w))
 
 
@@ -66,17 +73,25 @@ class HeadConfig:
     heads: int = 8
     dim_head: int = 64
     mlp_dim: int = 1024
+    # The query starts from a linear map of the whole token grid (flattened), not a learned constant:
+    # a network from scratch then reads where the body parts are from the first step, while
+    # cross-attention starts uniform (an average that forgets the layout). Only for small grids.
+    spatial_query: bool = False
 
 
 VIT_CONFIGS: dict[str, ViTConfig] = {
     # Small enough that a CPU test trains it for a few hundred steps in seconds.
     "tiny": ViTConfig(dim=64, depth=2, heads=2, mlp_dim=256),
+    # The CPU recipe's network (`hsmr_data.training.RECIPES["cpu"]`): a convolutional stem, still a
+    # ViT and the same head, trained from scratch in minutes.
+    "small": ViTConfig(dim=128, depth=2, heads=4, mlp_dim=384, patch_size=32, stem="conv", stem_pool=2),
     "B": ViTConfig(dim=768, depth=12, heads=12, mlp_dim=3072),
     # HMR2.0 and HSMR fine-tune ViT-H from ViTPose with stochastic depth 0.55.
     "H": ViTConfig(dim=1280, depth=32, heads=16, mlp_dim=5120, drop_path=0.55),
 }
 HEAD_CONFIGS: dict[str, HeadConfig] = {
     "tiny": HeadConfig(dim=64, depth=2, heads=2, dim_head=32, mlp_dim=128),
+    "small": HeadConfig(dim=128, depth=2, heads=4, dim_head=32, mlp_dim=256, spatial_query=True),
     "B": HeadConfig(),
     "H": HeadConfig(),
 }
@@ -94,7 +109,7 @@ class NetworkConfig:
 
 
 def network_config(size: str, pose_target: str = "88d") -> NetworkConfig:
-    """The named sizes: "tiny" (CPU tests), "B" and "H" (the paper's)."""
+    """The named sizes: "tiny" (CPU tests), "small" (CPU training), "B" and "H" (the paper's)."""
     if size not in VIT_CONFIGS:
         raise ValueError(f"unknown network size {size!r}; known: {sorted(VIT_CONFIGS)}")
     return NetworkConfig(VIT_CONFIGS[size], HEAD_CONFIGS[size], pose_target)
@@ -164,6 +179,26 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> 
 
 
 # ------------------------------------------------------------------------------------ backbone
+class ConvStem(nn.Module):
+    """Average pooling by `pool`, then 3×3 stride-2 convolutions (BatchNorm, ReLU; the last one linear)
+    up to a total stride of `stride`: (B, 3, H, W) → (B, dim, H/stride, W/stride)."""
+
+    def __init__(self, dim: int, stride: int, pool: int):
+        super().__init__()
+        convolutions = int(math.log2(stride // pool))
+        if pool * 2**convolutions != stride or convolutions < 1:
+            raise ValueError(f"the conv stem needs stride / pool a power of two >= 2, got {stride} / {pool}")
+        widths = [3] + [max(dim >> (convolutions - i), 8) for i in range(1, convolutions)]
+        layers: list[nn.Module] = [nn.AvgPool2d(pool)] if pool > 1 else []
+        for c_in, c_out in zip(widths, widths[1:], strict=False):
+            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
+        layers.append(nn.Conv2d(widths[-1], dim, 3, stride=2, padding=1))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.layers(images)
+
+
 class SelfAttention(nn.Module):
     def __init__(self, dim: int, heads: int):
         super().__init__()
@@ -208,9 +243,14 @@ class ViTBackbone(nn.Module):
         super().__init__()
         self.config = config
         rows, cols = config.grid
-        self.patch_embed = nn.Conv2d(
-            3, config.dim, config.patch_size, stride=config.patch_size, padding=config.patch_padding
-        )
+        if config.stem not in ("patch", "conv"):
+            raise ValueError(f"stem must be 'patch' or 'conv', got {config.stem!r}")
+        if config.stem == "conv":
+            self.patch_embed = ConvStem(config.dim, config.patch_size, config.stem_pool)
+        else:
+            self.patch_embed = nn.Conv2d(
+                3, config.dim, config.patch_size, stride=config.patch_size, padding=config.patch_padding
+            )
         self.pos_embed = nn.Parameter(torch.zeros(1, rows * cols, config.dim))
         rates = [config.drop_path * i / max(config.depth - 1, 1) for i in range(config.depth)]
         self.blocks = nn.ModuleList(EncoderBlock(config.dim, config.heads, config.mlp_dim, r) for r in rates)
@@ -270,10 +310,11 @@ class HSMRHead(nn.Module):
     that is the learned `query` itself.
     """
 
-    def __init__(self, context_dim: int, config: HeadConfig, pose_target: str = "88d"):
+    def __init__(self, context_dim: int, config: HeadConfig, pose_target: str = "88d", tokens: int = 0):
         super().__init__()
         pose_size = TARGET_SIZE if pose_target == "88d" else C.NUM_DOFS
         self.query = nn.Parameter(torch.randn(1, 1, config.dim))
+        self.grid_to_query = nn.Linear(tokens * context_dim, config.dim) if config.spatial_query else None
         self.blocks = nn.ModuleList(DecoderBlock(config.dim, context_dim, config) for _ in range(config.depth))
         self.norm = nn.LayerNorm(config.dim)
         self.dec_pose = nn.Linear(config.dim, pose_size)
@@ -290,6 +331,8 @@ class HSMRHead(nn.Module):
     def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Image tokens (B, N, D) → pose (B, 88 or 46), β (B, 10), camera (s, t_x, t_y) (B, 3)."""
         x = self.query.expand(tokens.shape[0], -1, -1)
+        if self.grid_to_query is not None:
+            x = x + self.grid_to_query(tokens.flatten(1))[:, None]
         for block in self.blocks:
             x = block(x, tokens)
         x = self.norm(x)[:, 0]
@@ -313,7 +356,8 @@ class HSMRNetwork(nn.Module):
         super().__init__()
         self.config = config
         self.backbone = ViTBackbone(config.backbone)
-        self.head = HSMRHead(config.backbone.dim, config.head, config.pose_target)
+        rows, cols = config.backbone.grid
+        self.head = HSMRHead(config.backbone.dim, config.head, config.pose_target, rows * cols)
 
     def forward(self, images: torch.Tensor) -> HSMROutput:
         tokens = self.backbone(normalize_imagenet(crop_vit_input(images))).flatten(2).transpose(1, 2)

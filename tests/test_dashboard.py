@@ -95,7 +95,7 @@ def test_evaluation_scores_each_source_against_the_truth(world, models_root, tmp
     split = "normal" if report["samples"]["normal"] else "hard"
     assert sum(report["samples"].values()) == PEOPLE
     sources = report["sources"]
-    assert list(sources) == ["smpl_pseudo_gt", "smpl_skel_fit", "refined_labels", "network"]
+    assert list(sources) == ["smpl_pseudo_gt", "smpl_skel_fit", "refined_labels", "constant", "network"]
 
     refined = sources["refined_labels"]["splits"][split]
     assert refined["mpjpe_mm"] < 0.1 and refined["pa_mpvpe_mm"] < 0.1  # round 1 holds the truth everywhere

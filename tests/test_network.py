@@ -63,10 +63,13 @@ def _poses(count: int, seed: int) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------- network shapes
-@pytest.mark.parametrize("pose_target", ["88d", "euler"])
-def test_tiny_network_output_shapes_and_starting_point(pose_target):
+@pytest.mark.parametrize(
+    ("size", "pose_target", "tokens"),
+    [("tiny", "88d", (64, 16, 12)), ("tiny", "euler", (64, 16, 12)), ("small", "88d", (128, 8, 6))],
+)
+def test_cpu_network_output_shapes_and_starting_point(size, pose_target, tokens):
     torch.manual_seed(0)
-    net = HSMRNetwork(network_config("tiny", pose_target))
+    net = HSMRNetwork(network_config(size, pose_target))
     out = net(torch.rand(2, 3, 256, 256))
     shapes = {name: tuple(value.shape) for name, value in vars(out).items()}
     assert shapes == {
@@ -82,7 +85,8 @@ def test_tiny_network_output_shapes_and_starting_point(pose_target):
     assert out.betas.abs().max() < 0.05
     eye = torch.eye(3)
     assert torch.allclose(out.bone_rotations[:, 1:], eye.expand(2, 23, 3, 3), atol=0.05)
-    assert net.backbone(torch.zeros(1, 3, 256, 192)).shape == (1, 64, 16, 12)
+    assert net.backbone(torch.zeros(1, 3, 256, 192)).shape == (1, *tokens)
+    assert net.backbone.config.grid == tokens[1:]
 
 
 def test_paper_sizes_have_the_paper_parameter_counts():

@@ -22,11 +22,14 @@ def test_pipeline_runs_every_step_and_a_rerun_redoes_nothing(prefect_api, model_
     result = pipeline(**settings)
     paths = pipeline_paths(root)
 
-    assert label_table.read_labels(paths["table"]).num_rows == 8
+    assert label_table.read_labels(paths["table"]).num_rows == 6  # 8 people: 1 held out for val, 1 for test
     assert Path(result["export_index"]).is_file() and Path(result["checkpoint"]).is_file()
     assert [r["status"] for r in result["refinement_rounds_in_training"]] == ["committed"]
     report = json.loads(Path(result["report_json"]).read_text())
     assert report and Path(result["report"]).read_text().startswith("# Evaluation")
+    held_out = json.loads(Path(result["test_report_json"]).read_text())
+    assert list(held_out["sources"]) == ["smpl_pseudo_gt", "constant", "network"]
+    assert sum(held_out["samples"].values()) == 1 and "test" in held_out["dataset_dir"]
     page = Path(result["dashboard"]).read_text()
     assert "<svg" in page and "round 0" in page
 
@@ -40,7 +43,11 @@ def test_a_dataset_of_another_size_is_not_silently_reused(tmp_path):
     from flows.pipeline import ensure_dataset
 
     (tmp_path / "synth").mkdir()
-    (tmp_path / "synth" / "manifest.json").write_text(json.dumps({"config": {"count": 5, "seed": 0}}))
+    manifest = tmp_path / "synth" / "manifest.json"
+    manifest.write_text(json.dumps({"config": {"count": 5, "seed": 0, "test_fraction": 0.1}}))
     with pytest.raises(ValueError, match="5 people"):
         ensure_dataset(str(tmp_path / "synth"), str(tmp_path / "models"), count=8, seed=0)
     assert ensure_dataset(str(tmp_path / "synth"), str(tmp_path / "models"), count=5, seed=0)["generated"] is False
+    manifest.write_text(json.dumps({"config": {"count": 5, "seed": 0}}))  # from before the held-out splits
+    with pytest.raises(ValueError, match="test share 0"):
+        ensure_dataset(str(tmp_path / "synth"), str(tmp_path / "models"), count=5, seed=0)

@@ -176,3 +176,26 @@ def test_cli_writes_a_dataset_and_synthesises_missing_models(tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["count"] == 2 and (out / "truth" / "ground_truth.parquet").is_file()
     assert (tmp_path / "models" / "skel" / "skel_male.pkl").is_file()
+
+
+def test_held_out_splits_are_datasets_of_other_people(model_paths, tmp_path):
+    config = SynthConfig(count=10, seed=2, hard_fraction=0.5, batch_size=4, val_fraction=0.2, test_fraction=0.3)
+    summary = generate_dataset(model_paths, tmp_path / "synth", config)
+    assert summary.count == 5 and {name: s["count"] for name, s in summary.splits.items()} == {"val": 2, "test": 3}
+    keys = {}
+    for split, folder in (
+        ("train", tmp_path / "synth"),
+        ("val", tmp_path / "synth/val"),
+        ("test", tmp_path / "synth/test"),
+    ):
+        manifest = json.loads((folder / "manifest.json").read_text())
+        assert manifest["split"] == split
+        truth = pq.read_table(folder / "truth/ground_truth.parquet").to_pylist()
+        samples = list(read_shards(sorted((folder / "shards").glob("*.tar")), "synth", Quarantine()))
+        assert sorted(s.sample_id for s in samples) == sorted(row["sample_id"] for row in truth)
+        keys[split] = {s.key for s in samples}
+        if split != "train":
+            assert manifest["hard_count"] == sum(row["split"] == "hard" for row in truth)
+    assert sum(len(k) for k in keys.values()) == len(set().union(*keys.values())) == 10  # nobody twice
+    with pytest.raises(ValueError, match="train on"):
+        SynthConfig(count=4, val_fraction=0.5, test_fraction=0.5).split_counts()

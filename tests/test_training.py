@@ -23,7 +23,7 @@ from hsmr_data import export
 from hsmr_data import label_table as lt
 from hsmr_data.synthetic.world import SynthConfig, generate_dataset
 from hsmr_data.train_data import AugmentConfig, MixedSampler, ShardDataset, augment_sample, unaugment_q
-from hsmr_data.training import CHECKPOINT, TrainConfig, Trainer
+from hsmr_data.training import CHECKPOINT, RECIPES, TrainConfig, Trainer, learning_rate, make_config, recipe
 from hsmr_data.truth_report import truth_label_rows
 from hsmr_model.pose_repr import bone_rotations
 
@@ -199,3 +199,22 @@ def test_cli_exports_and_trains(labelled, model_paths, tmp_path, capsys):
     args = ["train", "--index", index, "--out", str(tmp_path / "run"), "--models", models, "--steps", "2"]
     assert main([*args, "--batch-size", "2", "--checkpoint-every", "2"]) == 0
     assert json.loads(capsys.readouterr().out)["step"] == 2 and (tmp_path / "run" / CHECKPOINT).is_file()
+
+
+def test_learning_rate_warms_up_then_follows_the_schedule():
+    config = TrainConfig(indexes=(), out_dir="", steps=110, lr=1e-3, warmup_steps=10, lr_schedule="cosine")
+    assert learning_rate(config, 0) == pytest.approx(1e-4) and learning_rate(config, 9) == pytest.approx(1e-3)
+    assert learning_rate(config, 60) == pytest.approx(5e-4) and learning_rate(config, 110) == pytest.approx(0.0)
+    assert learning_rate(replace(config, lr_schedule="constant"), 100) == 1e-3
+    with pytest.raises(ValueError, match="lr_schedule"):
+        replace(config, lr_schedule="linear")
+
+
+def test_recipes_fill_what_a_run_leaves_unset():
+    cpu = make_config("cpu", indexes=("i",), out_dir="o", steps=None, lr=None, batch_size=8)
+    assert (cpu.size, cpu.lr, cpu.batch_size, cpu.steps) == ("small", RECIPES["cpu"]["lr"], 8, TrainConfig.steps)
+    assert cpu.loss_weights.body_pose > cpu.loss_weights.kp3d  # the parameters are learned from their labels
+    assert make_config(None, indexes=("i",), out_dir="o", lr=None).lr == TrainConfig.lr
+    assert recipe("paper", indexes=("i",), out_dir="o").lr == 1e-5
+    with pytest.raises(ValueError, match="unknown recipe"):
+        recipe("gpu", indexes=("i",), out_dir="o")

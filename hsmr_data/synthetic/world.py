@@ -53,6 +53,22 @@ class SynthConfig:
     batch_size: int = 128
     shard_maxcount: int = 250
     smpl_fit_iterations: int = 30  # LBFGS iterations: ~2 cm mean PVE; the cost that dominates
+    # Held-out people: shares of `count` written as their own datasets under out_dir/val and
+    # out_dir/test (out_dir itself holds the training people). 0 by default so a library caller
+    # gets `count` people in one dataset; `hsmr data synth` and the demo ask for 0.1 each.
+    val_fraction: float = 0.0
+    test_fraction: float = 0.0
+
+    def split_counts(self) -> dict[str, int]:
+        """People per split, train first: the held-out shares rounded, the rest for training."""
+        if self.val_fraction < 0 or self.test_fraction < 0 or self.val_fraction + self.test_fraction >= 1:
+            raise ValueError(f"val and test fractions must be >= 0 and leave people to train on, got "
+                             f"{self.val_fraction}, {self.test_fraction}")  # fmt: skip
+        held_out = {"val": round(self.count * self.val_fraction), "test": round(self.count * self.test_fraction)}
+        counts = {"train": self.count - sum(held_out.values()), **held_out}
+        if counts["train"] < 1:
+            raise ValueError(f"{self.count} people leave none to train on after the held-out splits {held_out}")
+        return {name: n for name, n in counts.items() if n > 0}
 
 
 @dataclass
@@ -66,6 +82,7 @@ class SynthSummary:
     hard_count: int
     seconds: float
     seconds_per_sample: dict[str, float] = field(default_factory=dict)
+    splits: dict[str, dict] = field(default_factory=dict)  # held-out split → its folder, count and hard count
 
 
 @dataclass
@@ -332,18 +349,49 @@ class _Timer:
 
 def generate_dataset(paths: BodyModelPaths, out_dir: Path | str, config: SynthConfig) -> SynthSummary:
     """Write `config.count` people: shards under out_dir/shards, the truth under out_dir/truth,
-    a contact sheet of the first 16 and a manifest. Deterministic for a seed."""
+    a contact sheet of the first 16 and a manifest. Deterministic for a seed.
+
+    With `val_fraction` / `test_fraction`, those shares of the people go to complete datasets of
+    their own under out_dir/val and out_dir/test (same layout), and out_dir holds the training
+    people: disjoint people (keys numbered on across the splits), drawn from the same distribution,
+    each split with its hard share. The summary is the training part's, `splits` lists the others.
+    """
     if config.count < 1:
         raise ValueError(f"count must be at least 1, got {config.count}")
     out_dir = Path(out_dir)
     started = time.perf_counter()
     models = BodyModels.load(paths)
+    first_person, first_batch, parts = 0, 0, {}
+    for split, count in config.split_counts().items():
+        folder = out_dir if split == "train" else out_dir / split
+        parts[split] = _write_people(models, folder, config, split, count, first_person, first_batch)
+        first_person += count
+        first_batch += -(-count // config.batch_size)
+    summary = parts.pop("train")
+    summary.splits = {
+        name: {"out_dir": p.out_dir, "count": p.count, "hard_count": p.hard_count} for name, p in parts.items()
+    }
+    summary.seconds = round(time.perf_counter() - started, 2)
+    _write_manifest(out_dir, config, "train", summary)
+    return summary
+
+
+def _write_manifest(out_dir: Path, config: SynthConfig, split: str, summary: SynthSummary) -> None:
+    manifest = {"config": asdict(config), "split": split, **asdict(summary)}
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
+
+
+def _write_people(
+    models: BodyModels, out_dir: Path, config: SynthConfig, split: str, count: int, first_person: int, first_batch: int
+) -> SynthSummary:
+    """One split's dataset: `count` people keyed from `first_person`, batch seeds from `first_batch`."""
+    started = time.perf_counter()
     truth, timer, sheet_samples = TruthRows(), _Timer(), []
 
     def people() -> Iterator[PersonSample]:
-        for batch_index, start in enumerate(range(0, config.count, config.batch_size)):
-            count = min(config.batch_size, config.count - start)
-            for sample in _batch_people(models, config, batch_index, start, count, truth, timer):
+        for offset, start in enumerate(range(0, count, config.batch_size)):
+            size = min(config.batch_size, count - start)
+            for sample in _batch_people(models, config, first_batch + offset, first_person + start, size, truth, timer):
                 if len(sheet_samples) < 16:
                     sheet_samples.append(sample)
                 yield sample
@@ -359,13 +407,14 @@ def generate_dataset(paths: BodyModelPaths, out_dir: Path | str, config: SynthCo
         shards=[str(s) for s in shards],
         ground_truth=str(truth_path),
         contact_sheet=str(sheet_path),
-        count=config.count,
+        count=count,
         corruption_counts={k: kinds.count(k) for k in pseudo_gt.CORRUPTION_KINDS},
         hard_count=truth.columns["split"].count("hard"),
         seconds=round(time.perf_counter() - started, 2),
-        seconds_per_sample={k: round(v / config.count, 4) for k, v in timer.seconds.items()},
+        seconds_per_sample={k: round(v / count, 4) for k, v in timer.seconds.items()},
     )
-    (out_dir / "manifest.json").write_text(json.dumps({"config": asdict(config), **asdict(summary)}, indent=2))
+    if split != "train":
+        _write_manifest(out_dir, config, split, summary)
     return summary
 
 
