@@ -62,10 +62,10 @@ def predict_flow(
     batch_size: int = 32,
     device: str = "auto",
 ) -> dict[str, Any]:
-    """The network of `checkpoint` (a run folder) on every person of `datasets` (NAME=DIR each) or of the
+    """The network of `checkpoint` (a run folder) on every person of `datasets` (NAME=SPEC each) or of the
     images in `images` with the people of `boxes` (boxes.json); overlays PNGs into `overlays` if given."""
     if (images is None) == (not datasets):
-        raise ValueError("give either datasets (NAME=DIR) or images with boxes")
+        raise ValueError("give either datasets (NAME=SPEC) or images with boxes")
     if images is not None and boxes is None:
         raise ValueError("images need boxes: a boxes.json of each image's people (see hsmr_data.predict)")
     config = P.PredictConfig(checkpoint, models_root, batch_size, device)
@@ -81,7 +81,7 @@ def predict_flow(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.predict", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help="a training run folder or its checkpoint.pt")
-    parser.add_argument("--dataset", action="append", help="NAME=DIR of HMR2.0-style tars (repeatable)")
+    parser.add_argument("--dataset", action="append", help="NAME=SPEC of HMR2.0-style tars (repeatable)")
     parser.add_argument("--images", help="a folder of images (with --boxes)")
     parser.add_argument("--boxes", help="boxes.json: image name → its people's boxes")
     parser.add_argument("--out", default="storage/predictions/predictions.parquet")

@@ -20,7 +20,7 @@ hsmr dashboard --table URI [--dataset-dir DIR] [--out storage/reports/label_dash
 hsmr refine [--predictions RUN/predictions.parquet] [--table URI] [--dataset-dir DIR] [--round K] [--latest M]
                                             one SKELify refinement round of the label table (no Prefect; the
                                             same steps as the refine-round flow)
-hsmr predict --checkpoint RUN --dataset NAME=DIR [--out predictions.parquet]
+hsmr predict --checkpoint RUN --dataset NAME=SPEC [--out predictions.parquet]
 hsmr predict --checkpoint RUN --images DIR --boxes boxes.json [--overlays DIR]
                                             a trained network on people outside training (tars, or images
                                             with person boxes): the training predictions' columns
@@ -279,7 +279,7 @@ def _predict(args: argparse.Namespace) -> int:
     from hsmr_data import predict
 
     if bool(args.images) == bool(args.dataset) or (args.images and not args.boxes):
-        print("error: give --dataset NAME=DIR (repeatable), or --images DIR with --boxes boxes.json", file=sys.stderr)
+        print("error: give --dataset NAME=SPEC (repeatable), or --images DIR with --boxes boxes.json", file=sys.stderr)
         return 2
     predictor = predict.Predictor(predict.PredictConfig(args.checkpoint, args.models, args.batch_size, args.device))
     with tqdm(unit="person", desc=f"predict ({predictor.device})") as bar:
@@ -491,7 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser("predict", help="run a trained network on HMR2.0-style tars or on images with boxes")
     predict.add_argument("--checkpoint", required=True, help="a training run folder or its checkpoint.pt")
     predict.add_argument(
-        "--dataset", action="append", help="NAME=DIR of HMR2.0-style tars (DIR/shards/*.tar or DIR/*.tar)"
+        "--dataset", action="append", help="NAME=SPEC of HMR2.0-style tars (a folder, a brace pattern, pipe:, a URL)"
     )
     predict.add_argument("--images", help="a folder of images; their people come from --boxes")
     predict.add_argument(

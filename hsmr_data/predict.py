@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image, ImageDraw
 
+from hsmr_data.datasets import DatasetSpec
 from hsmr_data.export import crop_image_bilinear, crop_side
 from hsmr_data.hmr2_format import read_shards
 from hsmr_data.quarantine import Quarantine
@@ -140,22 +141,6 @@ def sample_crop(sample: PersonSample) -> Crop:
     return Crop(sample.sample_id, sample.dataset, pixels, np.asarray(sample.center, np.float64), side)
 
 
-def dataset_shards(spec: str) -> tuple[str, list[Path]]:
-    """NAME=DIR (a dataset folder holding shards/*.tar, or a folder of tars) → (name, the tars in name order).
-
-    The one place `--dataset` is parsed here: a shared NAME=SPEC parser (brace patterns, globs) belongs
-    in one module for every command, and this function is where it plugs in.
-    """
-    name, sep, location = spec.partition("=")
-    if not sep or not name or not location:
-        raise ValueError(f"--dataset wants NAME=DIR, got {spec!r}")
-    folder = Path(location)
-    tars = sorted((folder / "shards").glob("*.tar")) or sorted(folder.glob("*.tar"))
-    if not tars:
-        raise FileNotFoundError(f"{spec}: no *.tar in {folder / 'shards'} or {folder}")
-    return name, tars
-
-
 def predictions_table(rows: list[dict]) -> pa.Table:
     """Rows in sample-id order as a table; q, betas, cam_t and keypoints_2d as lists of float64."""
     if not rows:
@@ -187,14 +172,14 @@ def predict_dataset(
     out_path: str | Path,
     on_batch: Callable[[int], None] | None = None,
 ) -> DatasetPrediction:
-    """Every valid person of each NAME=DIR dataset → `out_path` (Parquet); broken samples are quarantined
-    (their report next to the output) and the run goes on."""
+    """Every valid person of each NAME=SPEC dataset (`hsmr_data.datasets`) → `out_path` (Parquet); broken
+    samples are quarantined (their report next to the output) and the run goes on."""
     quarantine = Quarantine()
 
     def crops() -> Iterator[Crop]:
         for spec in datasets:
-            name, tars = dataset_shards(spec)
-            for sample in read_shards(tars, name, quarantine):
+            dataset = DatasetSpec.parse(spec)
+            for sample in read_shards(dataset.shard_urls(), dataset.name, quarantine):
                 yield sample_crop(sample)
 
     rows = list(predictor.run_all(crops(), on_batch))
