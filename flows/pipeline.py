@@ -90,7 +90,10 @@ def pipeline(
     data = ensure_dataset(paths["dataset"], paths["models"], count, seed)
     logger.info("dataset %s (generated now: %s)", paths["dataset"], data["generated"])
 
-    conversion = convert_smpl_to_skel(paths["dataset"], paths["table"], paths["models"], DATASET, device)
+    # The dashboard the demo prints is live from the first committed chunk on (it reloads itself).
+    conversion = convert_smpl_to_skel(
+        paths["dataset"], paths["table"], paths["models"], DATASET, device, dashboard_path=paths["dashboard"]
+    )
     exported = export_shards(paths["table"], {DATASET: paths["dataset"]}, paths["shards"])
     trained = train_hsmr(
         [exported["index"]],
@@ -104,10 +107,12 @@ def pipeline(
         refine_latest=refine_latest,
         table_uri=paths["table"],
         dataset_dir=paths["dataset"],
+        dashboard_path=paths["dashboard"],
     )
     refined = refine_round_flow(
-        trained["predictions"], paths["table"], paths["dataset"], DATASET, paths["models"], device
-    )
+        trained["predictions"], paths["table"], paths["dataset"], DATASET, paths["models"], device,
+        dashboard_path=paths["dashboard"],
+    )  # fmt: skip
     evaluation = evaluate(EvalConfig(paths["dataset"], paths["table"], paths["models"], trained["predictions"]))
     report_json, report_md = write_report(evaluation, paths["reports"])
     test_dir = str(Path(paths["dataset"]) / "test")

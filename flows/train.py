@@ -25,6 +25,7 @@ from flows.refine import refine_config
 from flows.settings import artifact_key
 from hsmr_data import train_run
 from hsmr_data.cli import add_train_arguments
+from hsmr_data.dashboard import page_next_to
 from hsmr_data.train_run import InTrainingRefinement, TrainingRun
 from hsmr_data.training import make_config
 
@@ -63,12 +64,14 @@ def train_hsmr(
     refine_latest: int = 18_000,
     table_uri: str = "storage/labels/synth",
     dataset_dir: str = "storage/datasets/synth",
+    dashboard_path: str | None = None,
 ) -> dict[str, Any]:
     """Train on the datasets of `indexes` (default: the latest export) mixed by `weights`, with the
     settings of `recipe` ("paper", "cpu"; None: TrainConfig's defaults) where a parameter is None.
 
     With `refine_every` > 0, SKELify refines the labels of `table_uri` inside training (HSMR: after
-    5000 steps, every 230 steps, on the latest 18,000 predictions) and training reads the new labels.
+    5000 steps, every 230 steps, on the latest 18,000 predictions) and training reads the new labels;
+    each committed round rewrites the label dashboard (`dashboard_path`, default `{table_uri}-dashboard.html`).
     `nproc` > 1: DDP in that many processes; `batch_size` is the global batch, split evenly over them.
     """
     config = make_config(
@@ -90,7 +93,10 @@ def train_hsmr(
     refinement = None
     if refine_every > 0:
         refine = refine_config(table_uri, dataset_dir, models_root=models_root, device=device, latest=refine_latest)
-        refinement = InTrainingRefinement(refine, warmup=refine_warmup, every=refine_every)
+        page = dashboard_path or page_next_to(table_uri)  # rewritten after each committed round
+        refinement = InTrainingRefinement(
+            refine, warmup=refine_warmup, every=refine_every, dashboard_path=str(page) if page else None
+        )
     spec = TrainingRun(config, refinement)
     logger = get_run_logger()
     steps = config.steps

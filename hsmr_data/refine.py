@@ -51,7 +51,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -516,10 +516,18 @@ class RefineCallback:
 
     ANNOUNCEMENT = "labels.json"  # in the run's out_dir
 
-    def __init__(self, trainer, refiner: Refiner, warmup: int = 5000, every: int = 230):
+    def __init__(
+        self,
+        trainer,
+        refiner: Refiner,
+        warmup: int = 5000,
+        every: int = 230,
+        on_commit: Callable[[RoundResult], None] | None = None,
+    ):
+        """`on_commit(result)` runs in the main process after each committed round (e.g. a dashboard update)."""
         if every < 1:
             raise ValueError(f"every must be at least 1, got {every}")
-        self.refiner, self.warmup, self.every = refiner, warmup, every
+        self.refiner, self.warmup, self.every, self.on_commit = refiner, warmup, every, on_commit
         self.results: list[RoundResult] = []
         self.announcement = Path(trainer.out_dir) / self.ANNOUNCEMENT
         self.group = trainer.group
@@ -542,3 +550,5 @@ class RefineCallback:
         committed = self.group.gather(self.group.is_main and self.results[-1].status == "committed")[0]
         if committed:
             self.refresh()
+            if self.group.is_main and self.on_commit is not None:
+                self.on_commit(self.results[-1])

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from hsmr_data import distributed
+from hsmr_data.dashboard import DashboardConfig, LiveDashboard
 from hsmr_data.refine import RefineCallback, RefineConfig, Refiner
 from hsmr_data.training import TrainConfig, Trainer
 
@@ -37,6 +38,7 @@ class InTrainingRefinement:
     config: RefineConfig
     warmup: int = 5000
     every: int = 230
+    dashboard_path: str | None = None  # the label dashboard, rewritten after each committed round
 
 
 @dataclass(frozen=True)
@@ -56,11 +58,21 @@ def train(spec: TrainingRun, nproc: int = 1, on_log: Callable[[dict], None] | No
 def run(spec: TrainingRun, on_log: Callable[[dict], None] | None = None) -> dict[str, Any]:
     """Train (resuming from the run folder's checkpoint) and return the result with the refinement rounds."""
     trainer = Trainer(spec.train)
-    callback = None
+    callback, page = None, None
     if spec.refinement is not None:
         refinement = spec.refinement
-        callback = RefineCallback(trainer, Refiner(refinement.config), warmup=refinement.warmup, every=refinement.every)
+        if refinement.dashboard_path and trainer.group.is_main:
+            page = LiveDashboard(dashboard_config(refinement.config), refinement.dashboard_path)
+        callback = RefineCallback(
+            trainer,
+            Refiner(refinement.config),
+            warmup=refinement.warmup,
+            every=refinement.every,
+            on_commit=None if page is None else lambda _: page.update(force=True),
+        )
     result = trainer.run(on_log=on_log, on_step=callback)
+    if page is not None and callback.results:
+        page.finish()
     rounds = [
         {"round": r.round, "status": r.status, "stats": r.stats_path} for r in (callback.results if callback else [])
     ]
@@ -68,6 +80,12 @@ def run(spec: TrainingRun, on_log: Callable[[dict], None] | None = None) -> dict
     if trainer.group.is_main:
         write_json(Path(spec.train.out_dir) / RESULT_FILE, report)
     return report
+
+
+def dashboard_config(refine: RefineConfig) -> DashboardConfig:
+    """The dashboard of the refined table; its gallery and truth from the first refined dataset's folder."""
+    name, folder = next(iter(refine.dataset_dirs.items()), (None, None))
+    return DashboardConfig(refine.table_uri, folder, refine.models_root, dataset=name or "synth", run="training")
 
 
 def launch(

@@ -249,8 +249,10 @@ def test_training_refines_and_reads_the_updated_labels(world, model_paths, tmp_p
                          batch_size=4, checkpoint_every=4, log_every=2)  # fmt: skip
     trainer = Trainer(config)
     refiner = Refiner(_config(world, table, latest=4))
-    callback = RefineCallback(trainer, refiner, warmup=1, every=2)
+    commits = []
+    callback = RefineCallback(trainer, refiner, warmup=1, every=2, on_commit=commits.append)
     trainer.run(on_step=callback)
+    assert commits == callback.results  # the hook (a dashboard update in the flows) saw the committed round
     assert [result.round for result in callback.results] == [1]  # step 3 = warm-up 1 + 2
     assert callback.results[0].stats["predictions"] == 4
     assert refine.latest_round(table) == 1
