@@ -60,11 +60,13 @@ def test_two_gloo_processes_match_one_process_and_resume(index, model_paths, tmp
     # Same global batch, gradients of the same loss: the loss curves and the parameters agree to float
     # noise (the reductions run in another order across two processes).
     one_losses = {record["step"]: record for record in _losses(tmp_path / "one")}  # logged every step
-    two_losses = _losses(two_dir)  # logged where each part ended: steps 2 and 4
+    two_losses = _losses(two_dir)  # where each part ended, the mean over its steps: steps 1-2 and 3-4
     assert [record["step"] for record in two_losses] == [STEPS // 2, STEPS]
     for record in two_losses:
-        for term in ("loss", "kp3d", "kp2d", "betas"):
-            assert record[term] == pytest.approx(one_losses[record["step"]][term], rel=1e-4), (term, record)
+        steps = range(record["step"] - STEPS // 2 + 1, record["step"] + 1)
+        for term in ("loss", "kp3d", "kp2d", "betas", "grad_norm", "lr"):
+            one_mean = sum(one_losses[step][term] for step in steps) / len(steps)
+            assert record[term] == pytest.approx(one_mean, rel=1e-4), (term, record)
     one_parameters, two_parameters = _parameters(tmp_path / "one"), _parameters(two_dir)
     worst = max(float((one_parameters[k] - two_parameters[k]).abs().max()) for k in one_parameters)
     assert worst < 1e-4
