@@ -11,6 +11,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -96,10 +99,34 @@ def stop(process: subprocess.Popen) -> None:
             continue
 
 
-def run_served_deployment(tmp_path: Path, flow: str, deployment: str, prepare) -> None:
-    """Serve `flow` ("module:function") from a runner against a fresh Prefect server, trigger `deployment`
-    from the CLI with the parameters `prepare()` returns (it runs while the server starts), run it,
-    and assert that the flow run completed."""
+@dataclass
+class PrefectServer:
+    """A real Prefect server of one test: its API, the environment that points a process at it."""
+
+    api_url: str
+    env: dict[str, str]
+    process: subprocess.Popen
+
+    def wait_healthy(self) -> None:
+        # The first start (database migrations) takes 15-30 s: callers prepare their data meanwhile.
+        wait_for(lambda: is_healthy(self.api_url), self.process, "prefect server health", limit_s=120)
+
+    def trigger(self, deployment: str, parameters: dict) -> str:
+        """`prefect deployment run` from the CLI; the id of the flow run it created."""
+        options = [arg for name, value in parameters.items() for arg in ("-p", f"{name}={value}")]
+        trigger = subprocess.run(
+            [PREFECT, "deployment", "run", deployment, *options],
+            env=self.env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert trigger.returncode == 0, trigger.stdout + trigger.stderr
+        created = re.search(r"UUID:\s*([0-9a-f-]{36})", trigger.stdout)
+        assert created, f"no flow run id in the CLI's output:\n{trigger.stdout}"
+        return created.group(1)
+
+
+@contextmanager
+def prefect_server(tmp_path: Path) -> Iterator[PrefectServer]:
+    """Start a Prefect server on a free loopback port (its home under tmp_path); stop it afterwards."""
     port = free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     env = {
@@ -109,47 +136,42 @@ def run_served_deployment(tmp_path: Path, flow: str, deployment: str, prepare) -
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_UI_ENABLED": "false",
     }
+    with (tmp_path / "server.log").open("w+") as server_log:
+        process = subprocess.Popen(
+            [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=env, stdout=server_log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        try:
+            yield PrefectServer(api_url, env, process)
+        finally:
+            stop(process)
+
+
+def run_served_deployment(tmp_path: Path, flow: str, deployment: str, prepare) -> None:
+    """Serve `flow` ("module:function") from a runner against a fresh Prefect server, trigger `deployment`
+    from the CLI with the parameters `prepare()` returns (it runs while the server starts), run it,
+    and assert that the flow run completed."""
     module, function = flow.split(":")
     (tmp_path / "runner.py").write_text(RUNNER_SCRIPT.replace("FLOW_MODULE", module).replace("FLOW_FUNCTION", function))
     registered = tmp_path / "registered"
-    server_log, runner_log = (tmp_path / "server.log").open("w+"), (tmp_path / "runner.log").open("w+")
-    server = subprocess.Popen(
-        [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=server_log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    runner = None
-    try:
+    with prefect_server(tmp_path) as server, (tmp_path / "runner.log").open("w+") as runner_log:
         runner = subprocess.Popen(
-            [sys.executable, str(tmp_path / "runner.py"), api_url, str(registered)],
-            cwd=REPO_ROOT, env=env, text=True, start_new_session=True,
+            [sys.executable, str(tmp_path / "runner.py"), server.api_url, str(registered)],
+            cwd=REPO_ROOT, env=server.env, text=True, start_new_session=True,
             stdin=subprocess.PIPE, stdout=runner_log, stderr=subprocess.STDOUT,
         )  # fmt: skip
-        # The server's first start (database migrations) takes 15-30 s: make the data meanwhile.
-        parameters = prepare()
-        wait_for(lambda: is_healthy(api_url), server, "prefect server health", limit_s=120)
-        wait_for(registered.exists, runner, "deployment registration", limit_s=120)
-
-        options = [arg for name, value in parameters.items() for arg in ("-p", f"{name}={value}")]
-        trigger = subprocess.run(
-            [PREFECT, "deployment", "run", deployment, *options],
-            env=env, capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
-        assert trigger.returncode == 0, trigger.stdout + trigger.stderr
-        created = re.search(r"UUID:\s*([0-9a-f-]{36})", trigger.stdout)
-        assert created, f"no flow run id in the CLI's output:\n{trigger.stdout}"
-
-        runner.communicate("go\n", timeout=400)
-        runner_output = Path(runner_log.name).read_text()
-        assert runner.returncode == 0, runner_output[-4000:]
-
-        state = flow_run_state(api_url, created.group(1))
-        assert state.is_completed(), f"{state}\n{runner_output[-4000:]}"
-    finally:
-        if runner is not None:
+        try:
+            parameters = prepare()
+            server.wait_healthy()
+            wait_for(registered.exists, runner, "deployment registration", limit_s=120)
+            flow_run_id = server.trigger(deployment, parameters)
+            runner.communicate("go\n", timeout=400)
+            runner_output = Path(runner_log.name).read_text()
+            assert runner.returncode == 0, runner_output[-4000:]
+            state = flow_run_state(server.api_url, flow_run_id)
+            assert state.is_completed(), f"{state}\n{runner_output[-4000:]}"
+        finally:
             stop(runner)
-        stop(server)
-        server_log.close()
-        runner_log.close()
 
 
 @pytest.mark.slow

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import re
 import subprocess
 import sys
 
@@ -13,7 +11,7 @@ from flows.deploy import entrypoint
 from flows.serve import FLOWS
 from hsmr_data import label_table
 from tests.test_convert_flow import PEOPLE, synthetic_dataset
-from tests.test_deployment import PREFECT, REPO_ROOT, flow_run_state, free_port, is_healthy, stop, wait_for
+from tests.test_deployment import PREFECT, REPO_ROOT, flow_run_state, prefect_server, stop
 
 
 def test_every_flow_has_an_entrypoint_a_worker_can_import():
@@ -26,55 +24,27 @@ def test_every_flow_has_an_entrypoint_a_worker_can_import():
 @pytest.mark.slow
 def test_a_worker_on_a_process_pool_runs_the_conversion_deployment(model_paths, tmp_path, tmp_path_factory):
     table = tmp_path / "labels"
-    port = free_port()
-    api_url = f"http://127.0.0.1:{port}/api"
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(tmp_path / "prefect-home"),
-        "PREFECT_API_URL": api_url,
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_UI_ENABLED": "false",
-    }
-    server_log, worker_log = (tmp_path / "server.log").open("w+"), (tmp_path / "worker.log").open("w+")
-    server = subprocess.Popen(
-        [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=server_log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    worker = None
-    try:
+    with prefect_server(tmp_path) as server, (tmp_path / "worker.log").open("w+") as worker_log:
         dataset_dir = synthetic_dataset(model_paths, tmp_path_factory)  # while the server migrates its database
-        wait_for(lambda: is_healthy(api_url), server, "prefect server health", limit_s=120)
-
+        server.wait_healthy()
         deployed = subprocess.run(
             [sys.executable, "-m", "flows.deploy", "--pool", "test-pool"],
-            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=180,
+            cwd=REPO_ROOT, env=server.env, capture_output=True, text=True, timeout=180,
         )  # fmt: skip
         assert deployed.returncode == 0, deployed.stdout + deployed.stderr
         assert {f"{f.name}/test-pool" for f in FLOWS} <= set(deployed.stdout.split())  # Prefect prints tables too
 
-        trigger = subprocess.run(
-            [PREFECT, "deployment", "run", "convert-smpl-to-skel/test-pool",
-             "-p", f"dataset_dir={dataset_dir}", "-p", f"table_uri={table}",
-             "-p", f"models_root={model_paths.smpl.parent.parent}"],
-            env=env, capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
-        assert trigger.returncode == 0, trigger.stdout + trigger.stderr
-        created = re.search(r"UUID:\s*([0-9a-f-]{36})", trigger.stdout)
-        assert created, f"no flow run id in the CLI's output:\n{trigger.stdout}"
-
+        parameters = {"dataset_dir": dataset_dir, "table_uri": table, "models_root": model_paths.smpl.parent.parent}
+        flow_run_id = server.trigger("convert-smpl-to-skel/test-pool", parameters)
         # Started from elsewhere on purpose: the deployment, not the worker's folder, says where the code is.
         worker = subprocess.Popen(
             [PREFECT, "worker", "start", "--pool", "test-pool", "--run-once"],
-            cwd=tmp_path, env=env, stdout=worker_log, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=tmp_path, env=server.env, stdout=worker_log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
-        worker.wait(timeout=400)
-        worker_output = (tmp_path / "worker.log").read_text()
-        state = flow_run_state(api_url, created.group(1))
-        assert state.is_completed(), f"{state}\n{worker_output[-4000:]}"
-        assert label_table.read_labels(str(table)).num_rows == PEOPLE
-    finally:
-        if worker is not None:
+        try:
+            worker.wait(timeout=400)
+        finally:
             stop(worker)
-        stop(server)
-        server_log.close()
-        worker_log.close()
+        state = flow_run_state(server.api_url, flow_run_id)
+        assert state.is_completed(), f"{state}\n{(tmp_path / 'worker.log').read_text()[-4000:]}"
+    assert label_table.read_labels(str(table)).num_rows == PEOPLE
