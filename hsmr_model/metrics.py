@@ -1,6 +1,6 @@
 """The evaluation metrics of HMR2.0 and HSMR, batched over samples, one value per sample.
 
-Units and conventions (shared/reference/formats.md, hsmr_repo_facts.md, Evaluation):
+Units and conventions (those of HMR2.0's and HSMR's evaluation code):
 
 - 2D keypoints are in normalised crop coordinates, (pixel − centre) / box side ∈ [−0.5, 0.5], so the
   crop's side is 1 and PCK@t counts a keypoint as correct when it lies closer than t to the truth:

@@ -309,7 +309,7 @@ def read_smpl_model(path: Path | str) -> SmplModelData:
 # ------------------------------------------------------------------------------------------ SKEL
 @dataclass(frozen=True)
 class SkelModelData:
-    """The arrays of an official SKEL model file (see shared/reference/skel_model_facts.md)."""
+    """The arrays of an official SKEL model file (`skel_{male,female}.pkl`, version 1.1.1)."""
 
     skin_template_v: np.ndarray  # (V, 3)
     skin_template_f: np.ndarray  # (F, 3) int64

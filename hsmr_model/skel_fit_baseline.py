@@ -1,6 +1,6 @@
 """The SKEL authors' SMPL → SKEL fitter, reimplemented as the baseline to beat (benchmark and tests only).
 
-Follows skel/alignment/aligner.py with its config.yaml (shared/reference/skel_model_facts.md):
+Follows the SKEL authors' skel/alignment/aligner.py with its config.yaml:
 
 - initialisation: q = 0 except q[0:3], which takes SMPL's global orientation axis-angle values as
   they are (the authors copy them into the Euler DoFs); β_SKEL = β_SMPL; translation = SMPL's;

@@ -4,7 +4,7 @@ The math is a set of small pure functions (shapes in the docstrings); `SKELLayer
 arrays as buffers and wires the functions together. CPU and CUDA, float32 and float64,
 differentiable in q, β and the translation.
 
-Forward pass (shared/reference/skel_model_facts.md): shape the skin, regress the anatomical
+Forward pass (as the official SKEL layer computes it): shape the skin, regress the anatomical
 joints, orient each bone's rest frame along its bone, compose the per-DoF rotations, add the
 scapula and spine translations, chain the transforms, apply SMPL pose blend shapes, skin.
 

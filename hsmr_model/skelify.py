@@ -1,6 +1,6 @@
 """SKELify: fit SKEL (q, β) and the crop camera to 2D keypoints with LBFGS, batched.
 
-The objective of HSMR's SKELify (shared/reference/hsmr_repo_facts.md), each term multiplied by the
+The objective of HSMR's SKELify (as HSMR's code computes it), each term multiplied by the
 square of its weight and averaged over the batch:
 
 - reprojection: Σ_j c_j² · Σ_xy ρ((x̂_j − x_j) / s), ρ Geman–McClure with σ = 100, s the torso scale of
