@@ -35,8 +35,9 @@ from hsmr_data.sequences import SequenceConfig, SequenceConverter, SkelSequence,
 from hsmr_data.synthetic.body_models import ensure_synthetic_models
 from hsmr_data.synthetic.motion import MOTIONS, MotionTruth, read_truth, write_motion_sequences
 from hsmr_model import skel_constants as C
+from hsmr_model.devices import resolve_device
 from hsmr_model.model_files import read_skel_model
-from hsmr_model.skel_fit import SkelFitConfig, resolve_device
+from hsmr_model.skel_fit import SkelFitConfig
 from hsmr_model.skel_fit_baseline import fit_baseline
 from hsmr_model.skel_layer import SKELLayer
 from hsmr_model.smpl_layer import build_smpl, posed_vertices

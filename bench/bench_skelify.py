@@ -39,9 +39,9 @@ from results import write_result
 
 from hsmr_model import camera
 from hsmr_model import skel_constants as C
+from hsmr_model.devices import resolve_device
 from hsmr_model.model_files import BodyModelPaths, read_keypoint_regressor
 from hsmr_model.regressor import VertexRegressor
-from hsmr_model.skel_fit import resolve_device
 from hsmr_model.skel_layer import SKELLayer
 from hsmr_model.skelify import REFINER_STAGES, Skelify, SkelifyConfig, Stage, keypoint_mask
 

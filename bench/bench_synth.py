@@ -25,14 +25,14 @@ from results import write_result  # bench/ is on sys.path when a script runs
 
 from hsmr_data.synthetic.poses import sample_true_poses
 from hsmr_data.synthetic.render import rasterize, shade
-from hsmr_data.synthetic.world import BodyModels, SynthConfig, clothing_colours, cluttered_background, generate_dataset
+from hsmr_data.synthetic.world import SynthConfig, WorldModels, clothing_colours, cluttered_background, generate_dataset
 from hsmr_model.model_files import BodyModelPaths
 
 RENDER_BUDGET_S = 0.1
 GENERATION_BUDGET_S_PER_1000 = 120.0
 
 
-def bench_render(models: BodyModels, repeats: int = 30) -> dict:
+def bench_render(models: WorldModels, repeats: int = 30) -> dict:
     rng = np.random.default_rng(0)
     poses = sample_true_poses(repeats, rng)
     with torch.no_grad():
@@ -78,7 +78,7 @@ def main() -> None:
     args = parser.parse_args()
     paths = BodyModelPaths.from_root(args.models)
     torch.set_num_threads(1)  # the render budget is per core
-    render = bench_render(BodyModels.load(paths))
+    render = bench_render(WorldModels.load(paths))
     torch.set_num_threads(2)
     result = {
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "torch_threads": 2},

@@ -11,7 +11,6 @@ uninterrupted run gives. Everything here is plain Python; the Prefect flow only 
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,11 +28,10 @@ from hsmr_data.param_files import read_param_file
 from hsmr_data.quarantine import Quarantine
 from hsmr_data.records import PersonSample
 from hsmr_model import camera
-from hsmr_model.model_files import BodyModelPaths, read_skel_model
-from hsmr_model.regressor import VertexRegressor
-from hsmr_model.skel_fit import SkelFitConfig, SmplToSkel, fit_in_batches, resolve_device
-from hsmr_model.skel_layer import SKELLayer
-from hsmr_model.smpl_layer import SmplParams, SMPLWithKeypoints, posed_vertices
+from hsmr_model.body_models import SKEL_SEX, BodyModels
+from hsmr_model.model_files import BodyModelPaths
+from hsmr_model.skel_fit import SkelFitConfig, fit_in_batches
+from hsmr_model.smpl_layer import SmplParams, posed_vertices
 
 CONVERT_APP_PREFIX = "convert-smpl-to-skel"
 
@@ -46,7 +44,7 @@ class ConvertConfig:
     table_uri: str  # the label table (a local path or any URI deltalake opens)
     models_root: str = "storage/models"
     dataset: str = "synth"
-    skel_sex: str = "male"  # HSMR labels with the male SKEL model; there is no neutral one
+    skel_sex: str = SKEL_SEX
     fit: SkelFitConfig = field(default_factory=SkelFitConfig)
     filters: FilterConfig = field(default_factory=FilterConfig)
     datasets: tuple[DatasetSpec, ...] = ()  # further datasets by NAME=SPEC, converted after `dataset_dir`
@@ -110,33 +108,8 @@ def read_chunk(config: ConvertConfig, chunk: Chunk, quarantine: Quarantine) -> l
     return list(read_shards([chunk.url], chunk.spec.name, quarantine))
 
 
-@dataclass(frozen=True)
-class ConversionModels:
-    """What fitting needs of the body models: SMPL with its keypoints, SKEL, and the link between them."""
-
-    device: torch.device
-    smpl: SMPLWithKeypoints
-    skel: SKELLayer
-    link: SmplToSkel
-    keypoints: VertexRegressor
-
-
-@functools.lru_cache(maxsize=4)
-def conversion_models(models_root: str, skel_sex: str, device: str) -> ConversionModels:
-    """The body models, loaded once per process for each (files, sex, device) and then reused: every
-    chunk a (Dask) worker process converts uses the models that process loaded first."""
-    paths = BodyModelPaths.from_root(models_root)
-    resolved = resolve_device(device)
-    smpl = SMPLWithKeypoints.from_files(paths.smpl, paths.keypoint_regressor).to(resolved)
-    skel_path = paths.skel(skel_sex)
-    skel = SKELLayer.from_file(skel_path).to(resolved)
-    link = SmplToSkel.from_models(skel, read_skel_model(skel_path).J_regressor_osim, smpl.smpl)
-    keypoints = VertexRegressor(smpl.keypoint_ids, smpl.keypoint_weights, 6890)
-    return ConversionModels(resolved, smpl, skel, link, keypoints)
-
-
 class Converter:
-    """A conversion's configuration and its body models (`conversion_models`, loaded once per process).
+    """A conversion's configuration and its body models (`BodyModels.load`: one bundle per process).
 
     Sent to another process (a Dask worker), a Converter travels as its configuration alone and finds
     the models that process has loaded, or loads them there once: tasks never carry the models.
@@ -144,7 +117,7 @@ class Converter:
 
     def __init__(self, config: ConvertConfig):
         self.config = config
-        models = conversion_models(str(config.models_root), config.skel_sex, str(config.fit.device))
+        models = BodyModels.load(BodyModelPaths.from_root(config.models_root), config.skel_sex, config.fit.device)
         self.device, self.smpl, self.skel = models.device, models.smpl, models.skel
         self.link, self.keypoints = models.link, models.keypoints
 

@@ -41,14 +41,15 @@ import torch
 from PIL import Image
 
 from hsmr_data import label_table
-from hsmr_data.evaluate import SKEL_SEX, load_samples
+from hsmr_data.evaluate import load_samples
 from hsmr_data.records import PersonSample
 from hsmr_data.synthetic.world import CROP_SIZE, crop_image, draw_keypoints
 from hsmr_data.truth_report import label_errors
 from hsmr_model import camera
 from hsmr_model import metrics as M
 from hsmr_model import skel_constants as C
-from hsmr_model.model_files import BodyModelPaths, read_keypoint_regressor
+from hsmr_model.body_models import BodyModels
+from hsmr_model.model_files import BodyModelPaths
 from hsmr_model.regressor import VertexRegressor
 from hsmr_model.skel_layer import SKELLayer
 
@@ -360,20 +361,6 @@ def svg_lines(chart_id: str, title: str, rounds: list[int], series: dict[str, li
 
 
 # ------------------------------------------------------------------------------------ gallery
-@dataclass
-class GalleryModels:
-    """What drawing a label needs: the SKEL layer and the keypoint regressor."""
-
-    skel: SKELLayer
-    keypoints: VertexRegressor
-
-    @classmethod
-    def load(cls, models_root: str) -> GalleryModels:
-        paths = BodyModelPaths.from_root(models_root)
-        regressor = VertexRegressor.from_sparse(read_keypoint_regressor(paths.keypoint_regressor).matrix)
-        return cls(SKELLayer.from_file(paths.skel(SKEL_SEX)), regressor)
-
-
 def label_keypoints_in_crop(skel: SKELLayer, regressor: VertexRegressor, rows: list[dict]) -> np.ndarray:
     """The labels' 44 keypoints projected with their crop cameras, in crop pixels with confidence 1: (N, 44, 3)."""
     q = torch.as_tensor([r["q"] for r in rows], dtype=torch.float32)
@@ -417,7 +404,7 @@ def worst_rows(labels: pa.Table, count: int) -> list[dict]:
 _NO_IMAGES = '<p class="note">No images: give the dataset folder to see the worst labels.</p>'
 
 
-def gallery_html(dataset: str, rows: list[dict], samples: dict[str, PersonSample], models: GalleryModels) -> str:
+def gallery_html(dataset: str, rows: list[dict], samples: dict[str, PersonSample], models: BodyModels) -> str:
     rows = [r for r in rows if r["sample_id"] in samples]
     if not rows:
         return _NO_IMAGES
@@ -667,7 +654,7 @@ def build_dashboard(config: DashboardConfig) -> Dashboard:
     latest = tables[max(tables)]
     datasets = sorted(set(latest.column("dataset").to_pylist()))
     needs_models = config.dataset_dir is not None or config.truth is not None
-    models = GalleryModels.load(config.models_root) if needs_models else None
+    models = BodyModels.load(BodyModelPaths.from_root(config.models_root)) if needs_models else None
     samples = load_samples(config.dataset_dir, config.dataset) if config.dataset_dir else {}
 
     sections, summaries = [], {}

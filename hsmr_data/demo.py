@@ -12,9 +12,8 @@ import torch
 from hsmr_data.model_check import check_models
 from hsmr_data.synthetic.poses import sample_betas, sample_skel_poses
 from hsmr_data.synthetic.render import look_at_body, render_mesh, write_png
+from hsmr_model.body_models import BodyModels
 from hsmr_model.model_files import BodyModelPaths
-from hsmr_model.skel_layer import SKELLayer
-from hsmr_model.smpl_layer import build_smpl
 
 TILE = 256
 
@@ -48,13 +47,13 @@ def run_demo(paths: BodyModelPaths, out_dir: Path, seed: int = 0, count: int = 4
     rng = np.random.default_rng(seed)
     summary: dict = {"models": check_models(paths), "written": []}
 
-    smpl = build_smpl(paths.smpl)
+    smpl = BodyModels.load(paths).smpl
     rest = smpl().vertices[0].detach().numpy()
     faces = smpl.faces.astype(np.int64)
     rows = [np.concatenate([_render(rest, faces, "front"), _render(rest, faces, "side")] * (count // 2), axis=1)]
 
     for sex in ("male", "female"):
-        layer = SKELLayer.from_file(paths.skel(sex))
+        layer = BodyModels.load(paths, sex).skel
         q = torch.as_tensor(sample_skel_poses(count, rng), dtype=torch.float32)
         betas = torch.as_tensor(sample_betas(count, rng), dtype=torch.float32)
         start = time.perf_counter()

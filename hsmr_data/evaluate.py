@@ -47,14 +47,11 @@ from hsmr_data.quarantine import Quarantine
 from hsmr_data.records import PersonSample
 from hsmr_model import camera
 from hsmr_model import metrics as M
+from hsmr_model.body_models import BodyModels
 from hsmr_model.model_files import BodyModelPaths
 from hsmr_model.pose_repr import bone_rotations, rotation_to_bone_dofs
-from hsmr_model.regressor import VertexRegressor
-from hsmr_model.skel_layer import SKELLayer
-from hsmr_model.smpl_layer import SMPLWithKeypoints
 
 SPLITS = ("normal", "hard")
-SKEL_SEX = "male"  # the labels and the synthetic world use the male SKEL model
 
 
 @dataclass(frozen=True)
@@ -70,22 +67,6 @@ class EvalConfig:
     @property
     def truth(self) -> str:
         return self.truth_path or str(Path(self.dataset_dir) / "truth" / "ground_truth.parquet")
-
-
-@dataclass
-class EvalModels:
-    """The body models, loaded once through the real loaders."""
-
-    skel: SKELLayer
-    smpl: SMPLWithKeypoints
-    keypoints: VertexRegressor
-
-    @classmethod
-    def load(cls, models_root: str) -> EvalModels:
-        paths = BodyModelPaths.from_root(models_root)
-        smpl = SMPLWithKeypoints.from_files(paths.smpl, paths.keypoint_regressor)
-        regressor = VertexRegressor(smpl.keypoint_ids, smpl.keypoint_weights, smpl.smpl.v_template.shape[0])
-        return cls(SKELLayer.from_file(paths.skel(SKEL_SEX)), smpl, regressor)
 
 
 @dataclass
@@ -131,7 +112,7 @@ def _place(keypoints: np.ndarray, trans: np.ndarray | None, observed: np.ndarray
 
 
 def skel_bodies(
-    models: EvalModels,
+    models: BodyModels,
     q: np.ndarray,
     betas: np.ndarray,
     trans: np.ndarray | None,
@@ -151,7 +132,7 @@ def skel_bodies(
 
 
 def smpl_bodies(
-    models: EvalModels,
+    models: BodyModels,
     global_orient: np.ndarray,
     body_pose: np.ndarray,
     betas: np.ndarray,
@@ -163,9 +144,9 @@ def smpl_bodies(
     for part in _batches(len(body_pose), batch_size):
         with torch.no_grad():
             out = models.smpl(
-                torch.as_tensor(global_orient[part]).float(),
-                torch.as_tensor(body_pose[part]).float(),
-                torch.as_tensor(betas[part]).float(),
+                global_orient=torch.as_tensor(global_orient[part]).float(),
+                body_pose=torch.as_tensor(body_pose[part]).float(),
+                betas=torch.as_tensor(betas[part]).float(),
             )
         vertices.append(out.vertices.double().numpy())
     skin = np.concatenate(vertices)
@@ -227,9 +208,9 @@ def constant_pose(q: np.ndarray, betas: np.ndarray, count: int) -> tuple[np.ndar
     return np.tile(mean_q, (count, 1)), np.tile(np.asarray(betas, np.float64).mean(0), (count, 1))
 
 
-def evaluate(config: EvalConfig, models: EvalModels | None = None) -> dict[str, Any]:
+def evaluate(config: EvalConfig, models: BodyModels | None = None) -> dict[str, Any]:
     """Score every source against the truth per split: the report as a JSON-able dict."""
-    models = models or EvalModels.load(config.models_root)
+    models = models or BodyModels.load(BodyModelPaths.from_root(config.models_root))
     truth = {row["sample_id"]: row for row in pq.read_table(config.truth).to_pylist()}
     samples = load_samples(config.dataset_dir, config.dataset)
     tables = {}

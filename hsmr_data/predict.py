@@ -34,13 +34,12 @@ from hsmr_data.quarantine import Quarantine
 from hsmr_data.records import PersonSample
 from hsmr_data.synthetic.render import project, rasterize, shade
 from hsmr_model import skel_constants as C
+from hsmr_model.body_models import SKEL_SEX, BodyModels
 from hsmr_model.camera import CROP_SIZE, FOCAL_PIXELS
 from hsmr_model.losses import predicted_keypoints
-from hsmr_model.model_files import BodyModelPaths, read_keypoint_regressor
+from hsmr_model.model_files import BodyModelPaths
 from hsmr_model.network import HSMRNetwork, network_config
-from hsmr_model.regressor import VertexRegressor
 from hsmr_model.skel_fit import resolve_device
-from hsmr_model.skel_layer import SKELLayer
 
 CHECKPOINT = "checkpoint.pt"  # the name the Trainer writes in its run folder
 TIGHT_BOX_MARGIN = 1.2  # crop side / longer side of a tight box: how the training crops frame people
@@ -86,9 +85,8 @@ class Predictor:
         self.model.load_state_dict(state["model"])
         self.model.to(self.device).eval()
         paths = BodyModelPaths.from_root(config.models_root)
-        self.skel = SKELLayer.from_file(paths.skel(train_config.get("skel_sex", "male"))).to(self.device)
-        matrix = read_keypoint_regressor(paths.keypoint_regressor).matrix
-        self.regressor = VertexRegressor.from_sparse(matrix).to(self.device)
+        models = BodyModels.load(paths, train_config.get("skel_sex", SKEL_SEX), self.device)
+        self.skel, self.regressor = models.skel, models.keypoints
         cuda = self.device.type == "cuda"
         self.amp_dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else None
 

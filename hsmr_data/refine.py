@@ -69,11 +69,10 @@ from hsmr_data.filters import FilterConfig, apply_filters, clean_confidences
 from hsmr_data.hmr2_format import read_shards
 from hsmr_data.quarantine import Quarantine
 from hsmr_model import camera
-from hsmr_model.model_files import BodyModelPaths, read_keypoint_regressor
-from hsmr_model.regressor import VertexRegressor
+from hsmr_model.body_models import SKEL_SEX, BodyModels
+from hsmr_model.model_files import BodyModelPaths
 from hsmr_model.skel_layer import SKELLayer
 from hsmr_model.skelify import Skelify, SkelifyConfig
-from hsmr_model.smpl_layer import SMPLWithKeypoints
 
 PREDICTION_COLUMNS = ("sample_id", "dataset", "step", "q", "betas")
 # Stored and recomputed errors of one label differ by float noise at most when both used this procedure.
@@ -87,7 +86,7 @@ class RefineConfig:
     table_uri: str
     dataset_dirs: Mapping[str, str]  # dataset name (the predictions' `dataset`) → folder holding shards/*.tar
     models_root: str = "storage/models"
-    skel_sex: str = "male"
+    skel_sex: str = SKEL_SEX
     latest: int = 18_000  # M: how many of the most recent predictions a round refines
     max_abs_beta: float = 2.0
     # Never replace a label that passes the filters by one that fails them (the export would then drop its pose).
@@ -255,11 +254,10 @@ class Refiner:
 
     def __init__(self, config: RefineConfig):
         self.config = config
-        paths = BodyModelPaths.from_root(config.models_root)
-        regressor = VertexRegressor.from_sparse(read_keypoint_regressor(paths.keypoint_regressor).matrix)
-        self.skelify = Skelify(SKELLayer.from_file(paths.skel(config.skel_sex)), regressor, config.skelify)
+        models = BodyModels.load(BodyModelPaths.from_root(config.models_root), config.skel_sex, config.skelify.device)
+        self.skelify = Skelify(models.skel, models.keypoints, config.skelify)
         self.device = self.skelify.device
-        self.smpl = SMPLWithKeypoints.from_files(paths.smpl, paths.keypoint_regressor).smpl.to(self.device)
+        self.smpl = models.smpl
         self._sources: dict[str, SourceSamples] = {}
 
     def source(self, dataset: str) -> SourceSamples | None:

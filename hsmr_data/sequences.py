@@ -51,19 +51,18 @@ from hsmr_data import label_table
 from hsmr_data.filters import FilterConfig, mesh_verdicts
 from hsmr_data.quarantine import Quarantine
 from hsmr_model import skel_constants as C
-from hsmr_model.model_files import SMPL_GENDERS, BodyModelPaths, read_skel_model, write_npz_atomically
+from hsmr_model.body_models import BodyModels
+from hsmr_model.devices import resolve_device
+from hsmr_model.model_files import SMPL_GENDERS, BodyModelPaths, write_npz_atomically
 from hsmr_model.skel_fit import (
     NUM_PARAMS,
     FitGuide,
     SkelFitConfig,
     SkelFitResult,
-    SmplToSkel,
     fit_skel_to_smpl,
     initial_parameters,
-    resolve_device,
 )
-from hsmr_model.skel_layer import SKELLayer
-from hsmr_model.smpl_layer import SmplParams, build_smpl, posed_vertices
+from hsmr_model.smpl_layer import SmplParams, posed_vertices
 
 SMPLH_BODY_VALUES = 66  # global orientation and 21 body joints; the hands follow
 
@@ -311,13 +310,6 @@ def batch_starts(frames: int, batch_size: int, overlap: int) -> list[int]:
     return starts
 
 
-@dataclass
-class _Models:
-    smpl: torch.nn.Module
-    skel: SKELLayer
-    link: SmplToSkel
-
-
 _BETA_SLICE = slice(C.NUM_DOFS, C.NUM_DOFS + C.NUM_BETAS)
 
 
@@ -349,21 +341,15 @@ class SequenceConverter:
         self.paths = paths
         self.config = config
         self.device = resolve_device(config.fit.device)
-        self._models: dict[str, _Models] = {}
 
     def skel_gender(self, gender: str) -> str:
         return self.config.neutral_skel if gender == "neutral" else gender
 
-    def models(self, gender: str) -> _Models:
-        if gender not in self._models:
-            smpl = build_smpl(self.paths.smpl_for(gender)).to(self.device)
-            skel_path = self.paths.skel(self.skel_gender(gender))
-            skel = SKELLayer.from_file(skel_path).to(self.device)
-            link = SmplToSkel.from_models(skel, read_skel_model(skel_path).J_regressor_osim, smpl).to(self.device)
-            self._models[gender] = _Models(smpl, skel, link)
-        return self._models[gender]
+    def models(self, gender: str) -> BodyModels:
+        """SMPL of the sequence's gender and SKEL of the matching sex (`neutral_skel` for neutral SMPL)."""
+        return BodyModels.load(self.paths, self.skel_gender(gender), self.device, smpl_gender=gender)
 
-    def sequence_shape(self, models: _Models, params: SmplParams) -> np.ndarray:
+    def sequence_shape(self, models: BodyModels, params: SmplParams) -> np.ndarray:
         """β (10,): the median of free fits on up to `shape_frames` frames spread over the sequence."""
         frames = params.betas.shape[0]
         keys = torch.as_tensor(np.unique(np.linspace(0, frames - 1, min(frames, self.config.shape_frames)).round()))

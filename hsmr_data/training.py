@@ -28,12 +28,11 @@ import torch
 
 from hsmr_data import distributed
 from hsmr_data.train_data import AugmentConfig, MixedSampler, ShardDataset, TrainingBatches, unaugment_q
+from hsmr_model.body_models import SKEL_SEX, BodyModels
+from hsmr_model.devices import resolve_device
 from hsmr_model.losses import LossTargets, LossWeights, hsmr_loss, predicted_keypoints
-from hsmr_model.model_files import BodyModelPaths, read_keypoint_regressor
+from hsmr_model.model_files import BodyModelPaths
 from hsmr_model.network import HSMRNetwork, load_vitpose_backbone, network_config
-from hsmr_model.regressor import VertexRegressor
-from hsmr_model.skel_fit import resolve_device
-from hsmr_model.skel_layer import SKELLayer
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -46,7 +45,7 @@ class TrainConfig:
     out_dir: str
     weights: tuple[float, ...] | None = None  # mixing weight per dataset (default: equal)
     models_root: str = "storage/models"
-    skel_sex: str = "male"
+    skel_sex: str = SKEL_SEX
     size: str = "tiny"  # "tiny" (CPU), "B", "H" (the paper's)
     pose_target: str = "88d"  # or "euler": the paper's ablation
     vitpose_checkpoint: str | None = None
@@ -163,11 +162,8 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.amp_dtype, use_scaler = _amp(self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
-        paths = BodyModelPaths.from_root(config.models_root)
-        self.skel = SKELLayer.from_file(paths.skel(config.skel_sex)).to(self.device)
-        self.regressor = VertexRegressor.from_sparse(read_keypoint_regressor(paths.keypoint_regressor).matrix).to(
-            self.device
-        )
+        models = BodyModels.load(BodyModelPaths.from_root(config.models_root), config.skel_sex, self.device)
+        self.skel, self.regressor = models.skel, models.keypoints
         datasets = [ShardDataset.from_index(path) for path in config.indexes]
         weights = config.weights or (1.0,) * len(datasets)
         sampler = MixedSampler([len(d) for d in datasets], list(weights), config.batch_size, config.seed)

@@ -41,6 +41,7 @@ import scipy.sparse as sp
 import torch
 
 from hsmr_model import skel_constants as C
+from hsmr_model.devices import resolve_device
 from hsmr_model.pose_repr import euler_conventions
 from hsmr_model.regressor import VertexRegressor
 from hsmr_model.rotations import (
@@ -95,13 +96,6 @@ class SkelFitResult:
     @classmethod
     def concatenate(cls, parts: list[SkelFitResult]) -> SkelFitResult:
         return cls(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(cls)))
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """The torch device for `device`, where "auto" means CUDA when available, else the CPU."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 # ------------------------------------------------------------------------- model correspondence

@@ -31,8 +31,8 @@ import torch
 
 from hsmr_model import camera
 from hsmr_model import skel_constants as C
+from hsmr_model.devices import resolve_device
 from hsmr_model.regressor import VertexRegressor
-from hsmr_model.skel_fit import resolve_device
 from hsmr_model.skel_layer import SKELLayer
 
 GM_SIGMA = 100.0

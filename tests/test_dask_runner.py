@@ -61,14 +61,15 @@ def test_unknown_runner_is_refused():
 def test_a_converter_travels_as_its_configuration_and_finds_the_process_models(model_paths, tmp_path):
     import cloudpickle
 
-    from hsmr_data.conversion import ConvertConfig, Converter, conversion_models
+    from hsmr_data.conversion import ConvertConfig, Converter
+    from hsmr_model.body_models import BodyModels
 
     config = ConvertConfig(
         dataset_dir=None, table_uri=str(tmp_path / "t"), models_root=str(model_paths.smpl.parent.parent)
     )
     converter = Converter(config)
     shipped = cloudpickle.dumps(converter)
-    models = conversion_models(str(config.models_root), config.skel_sex, str(config.fit.device))
+    models = BodyModels.load(model_paths, config.skel_sex, config.fit.device)
     model_bytes = sum(t.numel() * t.element_size() for t in models.skel.state_dict().values())
     assert len(shipped) < 20_000 < model_bytes  # a task carries the configuration, not the models
     received = cloudpickle.loads(shipped)

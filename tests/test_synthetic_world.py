@@ -18,8 +18,9 @@ from hsmr_data.hmr2_format import read_shards
 from hsmr_data.quarantine import Quarantine
 from hsmr_data.synthetic import pseudo_gt
 from hsmr_data.synthetic.render import project, rasterize
-from hsmr_data.synthetic.world import SKEL_SEX, BodyModels, SynthConfig, generate_dataset
+from hsmr_data.synthetic.world import SynthConfig, WorldModels, generate_dataset
 from hsmr_model import skel_constants as C
+from hsmr_model.body_models import SKEL_SEX
 
 COUNT = 12
 
@@ -37,7 +38,7 @@ def world(model_paths, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def models(model_paths):
-    return BodyModels.load(model_paths)
+    return WorldModels.load(model_paths)
 
 
 def _true_skin(models, row) -> np.ndarray:

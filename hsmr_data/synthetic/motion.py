@@ -29,9 +29,8 @@ import torch
 from hsmr_data.synthetic.poses import HARD_ARCHETYPES, NATURAL_ARCHETYPES, sample_betas
 from hsmr_data.synthetic.pseudo_gt import fit_smpl_to_vertices
 from hsmr_model import skel_constants as C
+from hsmr_model.body_models import BodyModels
 from hsmr_model.model_files import BodyModelPaths, write_npz_atomically
-from hsmr_model.skel_layer import SKELLayer
-from hsmr_model.smpl_layer import build_smpl
 
 MOTIONS = ("walking", "sitting_down", "yoga_flow")
 MOTION_GENDERS = {"walking": "male", "sitting_down": "female", "yoga_flow": "male"}
@@ -156,8 +155,8 @@ def motion_truth(name: str, frames: int, rng: np.random.Generator, frame_rate: f
 @torch.no_grad()
 def smpl_motion(paths: BodyModelPaths, truth: MotionTruth, iterations: int = 15) -> dict[str, np.ndarray]:
     """The AMASS-style arrays of a motion: its true SKEL skin fitted with the same gender's SMPL."""
-    skel = SKELLayer.from_file(paths.skel(truth.gender))
-    smpl = build_smpl(paths.smpl_for(truth.gender))
+    models = BodyModels.load(paths, truth.gender, smpl_gender=truth.gender)
+    skel, smpl = models.skel, models.smpl
     q = torch.as_tensor(truth.q, dtype=torch.float32)
     betas = torch.as_tensor(truth.betas, dtype=torch.float32).expand(len(q), -1)
     trans = torch.as_tensor(truth.trans, dtype=torch.float32)

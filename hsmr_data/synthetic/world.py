@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import smplx
 import torch
 from PIL import Image
 
@@ -33,14 +34,13 @@ from hsmr_data.synthetic import pseudo_gt
 from hsmr_data.synthetic.poses import PoseBatch, sample_true_poses
 from hsmr_data.synthetic.render import Raster, project, rasterize, shade, write_png
 from hsmr_model import skel_constants as C
+from hsmr_model.body_models import SKEL_SEX, BodyModels
 from hsmr_model.model_files import BodyModelPaths
 from hsmr_model.regressor import VertexRegressor
 from hsmr_model.skel_layer import SKELLayer
-from hsmr_model.smpl_layer import SMPLWithKeypoints
 
 CROP_SIZE = 256
 CROP_FOCAL = 5000.0  # pixels, for the 256 px crop (HMR2.0 and HSMR)
-SKEL_SEX = "male"  # HSMR trains on the male SKEL model; there is no neutral one
 
 
 @dataclass
@@ -214,25 +214,24 @@ def encode_jpeg(image: np.ndarray, quality: int = 90) -> bytes:
 
 
 @dataclass
-class BodyModels:
-    """The layers the world needs, loaded once through the real loaders."""
+class WorldModels:
+    """The body models of the world (the male SKEL, neutral SMPL, the keypoints) and what it derives from them."""
 
     skel: SKELLayer
-    smpl: SMPLWithKeypoints
+    smpl: smplx.SMPL
     keypoints: VertexRegressor
     vertex_part: np.ndarray
     rest_vertices: np.ndarray
     smpl_rest_joints: np.ndarray
 
     @classmethod
-    def load(cls, paths: BodyModelPaths) -> BodyModels:
-        smpl = SMPLWithKeypoints.from_files(paths.smpl, paths.keypoint_regressor)
-        skel = SKELLayer.from_file(paths.skel(SKEL_SEX))
-        regressor = VertexRegressor(smpl.keypoint_ids, smpl.keypoint_weights, C.SMPL_NUM_VERTICES)
+    def load(cls, paths: BodyModelPaths) -> WorldModels:
+        models = BodyModels.load(paths, SKEL_SEX)
+        skel, smpl = models.skel, models.smpl
         weights = skel.skin_weights.numpy()
         with torch.no_grad():
-            rest = smpl.smpl().joints[0, :24].numpy().astype(np.float64)
-        return cls(skel, smpl, regressor, weights.argmax(1), skel.skin_template.numpy(), rest)
+            rest = smpl().joints[0, :24].numpy().astype(np.float64)
+        return cls(skel, smpl, models.keypoints, weights.argmax(1), skel.skin_template.numpy(), rest)
 
 
 @dataclass
@@ -252,7 +251,7 @@ class TruthRows:
 
 
 def _batch_people(
-    models: BodyModels, config: SynthConfig, batch_index: int, start: int, count: int, truth: TruthRows, timer
+    models: WorldModels, config: SynthConfig, batch_index: int, start: int, count: int, truth: TruthRows, timer
 ) -> Iterator[PersonSample]:
     rng = np.random.default_rng([config.seed, batch_index])
     with timer("pose"):
@@ -268,7 +267,7 @@ def _batch_people(
         keypoints_cam = models.keypoints(skin + trans[:, None]).numpy().astype(np.float64)
     with timer("smpl_fit"):
         fit = pseudo_gt.fit_smpl_to_vertices(
-            models.smpl.smpl, skin + trans[:, None], world_r, betas, config.smpl_fit_iterations
+            models.smpl, skin + trans[:, None], world_r, betas, config.smpl_fit_iterations
         )
         clean_pose = (fit.global_orient.copy(), fit.body_pose.copy())
         kinds = pseudo_gt.sample_corruptions(count, rng, poses.hard)
@@ -360,7 +359,7 @@ def generate_dataset(paths: BodyModelPaths, out_dir: Path | str, config: SynthCo
         raise ValueError(f"count must be at least 1, got {config.count}")
     out_dir = Path(out_dir)
     started = time.perf_counter()
-    models = BodyModels.load(paths)
+    models = WorldModels.load(paths)
     first_person, first_batch, parts = 0, 0, {}
     for split, count in config.split_counts().items():
         folder = out_dir if split == "train" else out_dir / split
@@ -382,7 +381,7 @@ def _write_manifest(out_dir: Path, config: SynthConfig, split: str, summary: Syn
 
 
 def _write_people(
-    models: BodyModels, out_dir: Path, config: SynthConfig, split: str, count: int, first_person: int, first_batch: int
+    models: WorldModels, out_dir: Path, config: SynthConfig, split: str, count: int, first_person: int, first_batch: int
 ) -> SynthSummary:
     """One split's dataset: `count` people keyed from `first_person`, batch seeds from `first_batch`."""
     started = time.perf_counter()
