@@ -37,7 +37,11 @@ class BodyModels:
 
     @classmethod
     def load(
-        cls, paths: BodyModelPaths, sex: str = SKEL_SEX, device: str | torch.device = "cpu", smpl_gender: str = "neutral"
+        cls,
+        paths: BodyModelPaths,
+        sex: str = SKEL_SEX,
+        device: str | torch.device = "cpu",
+        smpl_gender: str = "neutral",
     ) -> BodyModels:
         """The process's bundle for these files, SKEL sex, device ("auto": CUDA when present) and SMPL gender."""
         paths.skel(sex)  # a sex SKEL does not have fails here, before anything is read

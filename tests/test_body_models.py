@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hsmr_model.body_models import SKEL_SEX, BodyModels
-from hsmr_model.model_files import BodyModelPaths
+from hsmr_model.model_files import BodyModelPaths, ModelFileError
 
 
 def test_one_bundle_per_files_sex_and_device(model_paths):
@@ -37,8 +37,8 @@ def test_smpl_is_read_only_when_used(model_paths, tmp_path):
                            model_paths.keypoint_regressor)  # fmt: skip
     models = BodyModels.load(paths)
     assert models.skel.faces.shape[1] == 3 and models.keypoints.num_vertices == 6890
-    with pytest.raises(Exception, match="absent.pkl"):
-        models.smpl
+    with pytest.raises(ModelFileError, match="absent.pkl"):
+        models.smpl()  # the property reads the file
 
 
 def test_a_sex_skel_lacks_is_refused_before_reading(model_paths):
