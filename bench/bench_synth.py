@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from results import write_result  # bench/ is on sys.path when a script runs
 
+from hsmr_data.render import rasterize, shade
 from hsmr_data.synthetic.poses import sample_true_poses
-from hsmr_data.synthetic.render import rasterize, shade
 from hsmr_data.synthetic.world import SynthConfig, WorldModels, clothing_colours, cluttered_background, generate_dataset
 from hsmr_model.model_files import BodyModelPaths
 

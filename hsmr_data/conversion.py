@@ -23,6 +23,7 @@ import torch
 from hsmr_data import label_table
 from hsmr_data.datasets import DatasetSpec, shard_label
 from hsmr_data.filters import FilterConfig, apply_filters, clean_confidences
+from hsmr_data.geometry import box_sides
 from hsmr_data.hmr2_format import read_shards
 from hsmr_data.param_files import read_param_file
 from hsmr_data.quarantine import Quarantine
@@ -129,12 +130,10 @@ class Converter:
         stack = {name: torch.as_tensor(np.stack([getattr(s, name) for s in samples]), dtype=torch.float32)
                  for name in ("global_orient", "body_pose", "betas", "keypoints_2d", "center", "scale")}  # fmt: skip
         params = SmplParams(stack["global_orient"], stack["body_pose"], stack["betas"], torch.zeros(len(samples), 3))
-        vertices = posed_vertices(self.smpl.smpl, params)
+        vertices = posed_vertices(self.smpl, params)
         fit = fit_in_batches(self.skel, self.link, vertices, None, params, self.config.fit)
 
-        keypoints = camera.to_crop_coordinates(
-            stack["keypoints_2d"], stack["center"], stack["scale"].max(dim=1).values * 200
-        )
+        keypoints = camera.to_crop_coordinates(stack["keypoints_2d"], stack["center"], box_sides(stack["scale"]))
         conf = clean_confidences(keypoints[..., 2].numpy(), self.config.filters.keypoint_conf_floor)
         keypoints[..., 2] = torch.as_tensor(conf)
         q, betas = torch.as_tensor(fit.q, dtype=torch.float32), torch.as_tensor(fit.betas, dtype=torch.float32)

@@ -42,13 +42,14 @@ from PIL import Image
 
 from hsmr_data import label_table
 from hsmr_data.evaluate import load_samples
+from hsmr_data.geometry import crop_image, crop_pixels, crop_side, draw_keypoints, normalised_keypoints
 from hsmr_data.records import PersonSample
-from hsmr_data.synthetic.world import CROP_SIZE, crop_image, draw_keypoints
 from hsmr_data.truth_report import label_errors
 from hsmr_model import camera
 from hsmr_model import metrics as M
 from hsmr_model import skel_constants as C
 from hsmr_model.body_models import BodyModels
+from hsmr_model.camera import CROP_SIZE
 from hsmr_model.model_files import BodyModelPaths
 from hsmr_model.regressor import VertexRegressor
 from hsmr_model.skel_layer import SKELLayer
@@ -368,17 +369,16 @@ def label_keypoints_in_crop(skel: SKELLayer, regressor: VertexRegressor, rows: l
     trans = torch.as_tensor([r["trans"] for r in rows], dtype=torch.float32)
     with torch.no_grad():
         points = skel.keypoints(q, betas, None, regressor)
-    pixels = (camera.project(points, trans).numpy() + 0.5) * CROP_SIZE
+    pixels = crop_pixels(camera.project(points, trans).numpy())
     return np.concatenate([pixels, np.ones((*pixels.shape[:2], 1))], axis=-1)
 
 
 def gallery_tile(sample: PersonSample, label_keypoints: np.ndarray) -> np.ndarray:
     """The crop twice, side by side: the dataset's keypoints, then the label's projected ones."""
-    image = np.asarray(Image.open(io.BytesIO(sample.image_jpeg)).convert("RGB"))
-    side = float(sample.scale.max()) * 200.0
-    crop = crop_image(image, sample.center, side)
-    observed = sample.keypoints_2d.astype(np.float64).copy()
-    observed[:, :2] = (observed[:, :2] - sample.center) * CROP_SIZE / side + CROP_SIZE / 2
+    side = crop_side(sample.scale)
+    with Image.open(io.BytesIO(sample.image_jpeg)) as image:
+        crop = crop_image(image, sample.center, side)
+    observed = crop_pixels(normalised_keypoints(sample.keypoints_2d, sample.center, side))
     return np.concatenate([draw_keypoints(crop, observed), draw_keypoints(crop, label_keypoints)], axis=1)
 
 

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 
 from hsmr_data.model_check import check_models
+from hsmr_data.render import look_at_body, render_mesh, write_png
 from hsmr_data.synthetic.poses import sample_betas, sample_skel_poses
-from hsmr_data.synthetic.render import look_at_body, render_mesh, write_png
 from hsmr_model.body_models import BodyModels
 from hsmr_model.model_files import BodyModelPaths
 

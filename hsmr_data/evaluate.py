@@ -42,6 +42,7 @@ import torch
 from hsmr_data import label_table
 from hsmr_data.datasets import DatasetSpec
 from hsmr_data.filters import FilterConfig, clean_confidences
+from hsmr_data.geometry import box_sides
 from hsmr_data.hmr2_format import read_shards
 from hsmr_data.quarantine import Quarantine
 from hsmr_data.records import PersonSample
@@ -91,7 +92,7 @@ def observed_keypoints(samples: list[PersonSample]) -> np.ndarray:
     """The dataset's 2D keypoints in normalised crop coordinates, confidences after the loader's floor: (N, 44, 3)."""
     keypoints = torch.as_tensor(np.stack([s.keypoints_2d for s in samples]), dtype=torch.float64)
     center = torch.as_tensor(np.stack([s.center for s in samples]), dtype=torch.float64)
-    side = torch.as_tensor(np.stack([s.scale.max() * 200.0 for s in samples]), dtype=torch.float64)
+    side = box_sides(torch.as_tensor(np.stack([s.scale for s in samples]))).double()  # float32 sides, as conversion's
     crop = camera.to_crop_coordinates(keypoints, center, side).numpy()
     crop[..., 2] = clean_confidences(crop[..., 2], FilterConfig.keypoint_conf_floor)
     return crop

@@ -73,11 +73,11 @@ from PIL import Image
 from webdataset import TarWriter
 
 from hsmr_data.datasets import DatasetSpec
+from hsmr_data.geometry import crop_image, crop_pixels, crop_side, normalised_keypoints
 from hsmr_data.hmr2_format import DATA_EXT, check_key, read_shards, write_shards
 from hsmr_data.label_table import read_labels
 from hsmr_data.quarantine import Quarantine
 from hsmr_data.records import PersonSample, SkelLabel
-from hsmr_data.synthetic.world import CROP_SIZE
 from hsmr_model import flip
 from hsmr_model.pose_repr import q_to_target88
 
@@ -115,29 +115,6 @@ class ExportSummary:
 
 
 # ---------------------------------------------------------------------------------- crops and arrays
-def crop_image_bilinear(image: Image.Image, center: np.ndarray, side: float, size: int = CROP_SIZE) -> np.ndarray:
-    """The HMR2.0 crop of `image`, bilinear: (size, size, 3) uint8, black outside the image."""
-    step = side / size
-    # PIL maps output pixel centres through the affine map and samples the input at pixel centres,
-    # so continuous coordinates (pixel i spans [i, i+1)) go straight in.
-    affine = (step, 0.0, center[0] - side / 2, 0.0, step, center[1] - side / 2)
-    resample = Image.Resampling.BILINEAR
-    crop = image.convert("RGB").transform((size, size), Image.Transform.AFFINE, affine, resample, fillcolor=(0, 0, 0))
-    return np.asarray(crop)
-
-
-def crop_side(scale: np.ndarray) -> float:
-    """Side in pixels of the square crop box of a person with `scale` (box side = scale × 200)."""
-    return float(np.max(scale)) * 200.0
-
-
-def normalised_keypoints(keypoints_2d: np.ndarray, center: np.ndarray, side: float) -> np.ndarray:
-    """Image-pixel keypoints (44, 3) → normalised crop coordinates, confidence kept."""
-    out = np.array(keypoints_2d, dtype=np.float64)
-    out[:, :2] = (out[:, :2] - center) / side
-    return out
-
-
 def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     """An .npz archive of `arrays` (no pickled objects), byte-identical for identical arrays.
 
@@ -273,10 +250,9 @@ def encode_sample(item: _Item, label_version: int) -> dict[str, Any]:
     check_key(sample.sample_id)
     side = crop_side(sample.scale)
     with Image.open(io.BytesIO(sample.image_jpeg)) as image:
-        crop = crop_image_bilinear(image, sample.center, side)
+        crop = crop_image(image, sample.center, side)
     keypoints = normalised_keypoints(sample.keypoints_2d, sample.center, side)
-    pixels = keypoints.copy()
-    pixels[:, :2] = (pixels[:, :2] + 0.5) * CROP_SIZE
+    pixels = crop_pixels(keypoints)
     flag = 1.0 if item.has_label else 0.0
     arrays = {
         **item.arrays,

@@ -28,18 +28,18 @@ import torch
 from PIL import Image, ImageDraw
 
 from hsmr_data.datasets import DatasetSpec
-from hsmr_data.export import crop_image_bilinear, crop_side
+from hsmr_data.geometry import crop_image, crop_side
 from hsmr_data.hmr2_format import read_shards
 from hsmr_data.quarantine import Quarantine
 from hsmr_data.records import PersonSample
-from hsmr_data.synthetic.render import project, rasterize, shade
+from hsmr_data.render import project, rasterize, shade
 from hsmr_model import skel_constants as C
 from hsmr_model.body_models import SKEL_SEX, BodyModels
 from hsmr_model.camera import CROP_SIZE, FOCAL_PIXELS
+from hsmr_model.devices import resolve_device
 from hsmr_model.losses import predicted_keypoints
 from hsmr_model.model_files import BodyModelPaths
 from hsmr_model.network import HSMRNetwork, network_config
-from hsmr_model.skel_fit import resolve_device
 
 CHECKPOINT = "checkpoint.pt"  # the name the Trainer writes in its run folder
 TIGHT_BOX_MARGIN = 1.2  # crop side / longer side of a tight box: how the training crops frame people
@@ -135,7 +135,7 @@ def sample_crop(sample: PersonSample) -> Crop:
     """The un-augmented training crop of a dataset person (the export's crop)."""
     side = crop_side(sample.scale)
     with Image.open(io.BytesIO(sample.image_jpeg)) as image:
-        pixels = crop_image_bilinear(image, sample.center, side)
+        pixels = crop_image(image, sample.center, side)
     return Crop(sample.sample_id, sample.dataset, pixels, np.asarray(sample.center, np.float64), side)
 
 
@@ -245,7 +245,7 @@ def _image_crops(images: dict[str, Path], boxes: dict[str, list[PersonBox]], qua
             quarantine.add(path, name, f"unreadable image: {error}")
             continue
         for person, box in enumerate(boxes.get(name, [])):
-            pixels = crop_image_bilinear(rgb, box.center, box.side)
+            pixels = crop_image(rgb, box.center, box.side)
             yield Crop(f"{Path(name).stem}_{person}", "images", pixels, box.center, box.side)
 
 

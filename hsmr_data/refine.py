@@ -66,6 +66,7 @@ from hsmr_data import label_table
 from hsmr_data.datasets import DatasetSpec
 from hsmr_data.export import label_arrays
 from hsmr_data.filters import FilterConfig, apply_filters, clean_confidences
+from hsmr_data.geometry import crop_side
 from hsmr_data.hmr2_format import read_shards
 from hsmr_data.quarantine import Quarantine
 from hsmr_model import camera
@@ -127,7 +128,7 @@ def read_source(dataset_dir: str | Path, dataset: str) -> SourceSamples:
     conversion already reported them)."""
     ids, keypoints, orient, pose, betas = [], [], [], [], []
     for person in read_shards(DatasetSpec(dataset, str(dataset_dir)).shard_urls(), dataset, Quarantine()):
-        side = torch.as_tensor([float(np.max(person.scale)) * 200.0])
+        side = torch.as_tensor([crop_side(person.scale)])
         normalised = camera.to_crop_coordinates(
             torch.as_tensor(person.keypoints_2d[None], dtype=torch.float32),
             torch.as_tensor(person.center[None], dtype=torch.float32),

@@ -24,6 +24,7 @@ from PIL import Image
 from hsmr_data import export
 from hsmr_data import label_table as lt
 from hsmr_data.datasets import DatasetSpec
+from hsmr_data.geometry import crop_image
 from hsmr_data.hmr2_format import read_shards, write_shards
 from hsmr_data.quarantine import Quarantine
 from hsmr_data.synthetic.world import SynthConfig, generate_dataset
@@ -135,21 +136,10 @@ def test_crop_matches_source_image(samples, people):
     for sample_id, got in samples.items():
         person = people[sample_id]
         with Image.open(io.BytesIO(person.image_jpeg)) as image:
-            expected = export.crop_image_bilinear(image, person.center, float(person.scale.max()) * 200.0)
+            expected = crop_image(image, person.center, float(person.scale.max()) * 200.0)
         assert got["image"].shape == (256, 256, 3)
         # JPEG at quality 95 moves pixels by about one level on average.
         assert np.abs(got["image"].astype(int) - expected.astype(int)).mean() < 3.0
-
-
-def test_bilinear_crop_samples_pixel_centres():
-    # A ramp whose value is the pixel's column: bilinear sampling returns the sampled x exactly.
-    ramp = Image.fromarray(np.tile(np.arange(200, dtype=np.uint8), (150, 1))).convert("RGB")
-    center, side = np.array([100.25, 70.5]), 96.0
-    crop = export.crop_image_bilinear(ramp, center, side, size=32)
-    x = center[0] + ((np.arange(32) + 0.5) / 32 - 0.5) * side  # continuous image x of each crop pixel centre
-    np.testing.assert_allclose(crop[16, :, 0], x - 0.5, atol=0.51)  # pixel j's centre is at x = j + 0.5
-    corner = export.crop_image_bilinear(ramp, np.array([0.0, 0.0]), side, size=32)
-    assert (corner[:15, :15] == 0).all()  # outside the image is black
 
 
 def test_filtered_samples_with_usable_keypoints_have_no_pose(samples, labels, people):

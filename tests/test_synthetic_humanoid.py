@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from hsmr_data.render import look_at_body, render_mesh
 from hsmr_data.synthetic.humanoid import SHAPE_DIRECTION_NAMES, build_humanoid
-from hsmr_data.synthetic.render import look_at_body, render_mesh
 from hsmr_model import skel_constants as C
 
 SEXES = ("neutral", "male", "female")

@@ -16,8 +16,8 @@ from PIL import Image
 from hsmr_data.cli import main
 from hsmr_data.hmr2_format import read_shards
 from hsmr_data.quarantine import Quarantine
+from hsmr_data.render import project, rasterize
 from hsmr_data.synthetic import pseudo_gt
-from hsmr_data.synthetic.render import project, rasterize
 from hsmr_data.synthetic.world import SynthConfig, WorldModels, generate_dataset
 from hsmr_model import skel_constants as C
 from hsmr_model.body_models import SKEL_SEX

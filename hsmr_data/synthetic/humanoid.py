@@ -32,6 +32,7 @@ from typing import Literal
 import numpy as np
 import scipy.sparse as sp
 
+from hsmr_data.render import vertex_normals
 from hsmr_data.synthetic.mesh_ops import (
     QuadCage,
     catmull_clark,
@@ -39,7 +40,6 @@ from hsmr_data.synthetic.mesh_ops import (
     shorter_diagonals,
     split_longest_edges,
     triangulate,
-    vertex_normals,
 )
 from hsmr_model import skel_constants as C
 from hsmr_model.hsmr_keypoints import SMPLH_FACE_FEET_VERTICES

@@ -172,13 +172,3 @@ def replay_splits(vertices: np.ndarray, splits: list[tuple[int, int]]) -> np.nda
     for a, b in splits:
         positions.append((positions[a] + positions[b]) / 2)
     return np.array(positions)
-
-
-def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """Area-weighted unit vertex normals: (V, 3), (F, 3) → (V, 3)."""
-    tri = vertices[faces]
-    face_normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    normals = np.zeros_like(vertices)
-    for corner in range(3):
-        np.add.at(normals, faces[:, corner], face_normals)
-    return normals / np.linalg.norm(normals, axis=1, keepdims=True).clip(1e-12)

@@ -28,19 +28,25 @@ import smplx
 import torch
 from PIL import Image
 
+from hsmr_data.geometry import (
+    BOX_SIDE_PER_SCALE,
+    crop_image,
+    crop_pixels,
+    crop_side,
+    draw_keypoints,
+    normalised_keypoints,
+)
 from hsmr_data.hmr2_format import write_shards
 from hsmr_data.records import PersonSample
+from hsmr_data.render import Raster, project, rasterize, shade, write_png
 from hsmr_data.synthetic import pseudo_gt
 from hsmr_data.synthetic.poses import PoseBatch, sample_true_poses
-from hsmr_data.synthetic.render import Raster, project, rasterize, shade, write_png
 from hsmr_model import skel_constants as C
 from hsmr_model.body_models import SKEL_SEX, BodyModels
+from hsmr_model.camera import CROP_SIZE, FOCAL_PIXELS
 from hsmr_model.model_files import BodyModelPaths
 from hsmr_model.regressor import VertexRegressor
 from hsmr_model.skel_layer import SKELLayer
-
-CROP_SIZE = 256
-CROP_FOCAL = 5000.0  # pixels, for the 256 px crop (HMR2.0 and HSMR)
 
 
 @dataclass
@@ -95,7 +101,7 @@ class Framing:
 
     @property
     def image_focal(self) -> np.ndarray:
-        return CROP_FOCAL * self.box_side / CROP_SIZE
+        return FOCAL_PIXELS * self.box_side / CROP_SIZE
 
 
 def frame_people(vertices: np.ndarray, image_size: int, rng: np.random.Generator) -> Framing:
@@ -108,8 +114,8 @@ def frame_people(vertices: np.ndarray, image_size: int, rng: np.random.Generator
     low, high = vertices[..., :2].min(1), vertices[..., :2].max(1)
     middle, half_extent = (low + high) / 2, (high - low).max(1) / 2
     margin = rng.uniform(1.1, 1.35, count)
-    # Angular half-side of the crop is (CROP_SIZE / 2) / CROP_FOCAL whatever the image resolution.
-    depth = half_extent * margin * CROP_FOCAL / (CROP_SIZE / 2)
+    # Angular half-side of the crop is (CROP_SIZE / 2) / FOCAL_PIXELS whatever the image resolution.
+    depth = half_extent * margin * FOCAL_PIXELS / (CROP_SIZE / 2)
     jitter = rng.uniform(-0.05, 0.05, (count, 2)) * half_extent[:, None]
     trans = np.concatenate([-middle + jitter, depth[:, None]], axis=1)
     box_side = rng.uniform(160.0, 300.0, count)
@@ -302,7 +308,7 @@ def _batch_people(
             keypoints_2d=observed.keypoints_2d.astype(np.float32),
             keypoints_3d=np.concatenate([keypoints_cam[i], np.ones((44, 1))], axis=1).astype(np.float32),
             center=framing.center[i].astype(np.float32),
-            scale=np.full(2, framing.box_side[i] / 200.0, dtype=np.float32),
+            scale=np.full(2, framing.box_side[i] / BOX_SIDE_PER_SCALE, dtype=np.float32),
             body_pose=fit.body_pose[i].astype(np.float32),
             global_orient=fit.global_orient[i].astype(np.float32),
             betas=fit.betas[i].astype(np.float32),
@@ -319,7 +325,7 @@ def _batch_people(
         betas=poses.betas.tolist(),
         trans=framing.trans.tolist(),
         camera_elevation_deg=poses.camera_elevation_deg.tolist(),
-        crop_focal=[CROP_FOCAL] * count,
+        crop_focal=[FOCAL_PIXELS] * count,
         image_focal=framing.image_focal.tolist(),
         center=framing.center.tolist(),
         box_side=framing.box_side.tolist(),
@@ -417,59 +423,14 @@ def _write_people(
     return summary
 
 
-# OpenPose BODY_25 bones (formats.md) for drawing; right side red, left side blue, centre green.
-OPENPOSE_BONES = (
-    (8, 12), (12, 13), (13, 14), (14, 19), (19, 20), (14, 21), (8, 9), (9, 10), (10, 11), (11, 22), (22, 23),
-    (11, 24), (8, 1), (1, 0), (0, 16), (16, 18), (0, 15), (15, 17), (1, 5), (5, 6), (6, 7), (1, 2), (2, 3), (3, 4),
-)  # fmt: skip
-
-
-def _keypoint_colour(index: int) -> tuple[int, int, int]:
-    name = C.KEYPOINT_NAMES[index]
-    return (230, 40, 40) if "right" in name else (40, 90, 235) if "left" in name else (40, 200, 60)
-
-
-def crop_image(image: np.ndarray, center: np.ndarray, box_side: float, size: int = CROP_SIZE) -> np.ndarray:
-    """The HMR2.0 crop (nearest neighbour, black outside the image): (size, size, 3)."""
-    offsets = (np.arange(size) + 0.5) / size - 0.5
-    rows = np.floor(center[1] + offsets * box_side).astype(int)
-    cols = np.floor(center[0] + offsets * box_side).astype(int)
-    valid = (rows[:, None] >= 0) & (rows[:, None] < image.shape[0]) & (cols >= 0) & (cols < image.shape[1])
-    crop = image[rows.clip(0, image.shape[0] - 1)][:, cols.clip(0, image.shape[1] - 1)]
-    crop[~valid] = 0
-    return crop
-
-
-def draw_keypoints(crop: np.ndarray, keypoints_crop: np.ndarray) -> np.ndarray:
-    """Bones as lines and keypoints as dots on a crop; keypoints (44, 3) in crop pixels + confidence."""
-    out = crop.copy()
-    size = out.shape[0]
-
-    def dot(x: float, y: float, colour, radius: int) -> None:
-        r, c = int(round(y)), int(round(x))
-        out[max(r - radius, 0) : r + radius + 1, max(c - radius, 0) : c + radius + 1] = colour
-
-    for a, b in OPENPOSE_BONES:
-        if keypoints_crop[a, 2] > 0 and keypoints_crop[b, 2] > 0:
-            for t in np.linspace(0.0, 1.0, 40):
-                x, y = (1 - t) * keypoints_crop[a, :2] + t * keypoints_crop[b, :2]
-                if 0 <= x < size and 0 <= y < size:
-                    dot(x, y, _keypoint_colour(b), 0)
-    for index, (x, y, conf) in enumerate(keypoints_crop):
-        if conf > 0 and 0 <= x < size and 0 <= y < size:
-            dot(x, y, _keypoint_colour(index), 2)
-    return out
-
-
 def contact_sheet(samples: list[PersonSample], columns: int = 4) -> np.ndarray:
     """Crops of the samples with their 2D keypoints drawn, in a grid: (rows·256, columns·256, 3)."""
     tiles = []
     for sample in samples:
-        image = np.asarray(Image.open(io.BytesIO(sample.image_jpeg)).convert("RGB"))
-        side = float(sample.scale[0]) * 200.0
-        keypoints = sample.keypoints_2d.astype(np.float64).copy()
-        keypoints[:, :2] = (keypoints[:, :2] - sample.center) * CROP_SIZE / side + CROP_SIZE / 2
-        tiles.append(draw_keypoints(crop_image(image, sample.center, side), keypoints))
+        side = crop_side(sample.scale)
+        with Image.open(io.BytesIO(sample.image_jpeg)) as image:
+            crop = crop_image(image, sample.center, side)
+        tiles.append(draw_keypoints(crop, crop_pixels(normalised_keypoints(sample.keypoints_2d, sample.center, side))))
     while len(tiles) % columns:
         tiles.append(np.zeros_like(tiles[0]))
     rows = [np.concatenate(tiles[r : r + columns], axis=1) for r in range(0, len(tiles), columns)]

@@ -16,14 +16,22 @@ from typing import Literal
 
 import numpy as np
 
-from hsmr_data.synthetic.mesh_ops import vertex_normals
-
 # SMPL's frame (Y up, facing +Z) seen by a camera looking at the body's front, back or left side.
 _VIEWS = {
     "front": np.diag([-1.0, -1.0, -1.0]),
     "back": np.diag([1.0, -1.0, 1.0]),
     "side": np.array([[0.0, 0.0, -1.0], [0.0, -1.0, 0.0], [-1.0, 0.0, 0.0]]),
 }
+
+
+def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Area-weighted unit vertex normals: (V, 3), (F, 3) → (V, 3)."""
+    tri = vertices[faces]
+    face_normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    normals = np.zeros_like(vertices)
+    for corner in range(3):
+        np.add.at(normals, faces[:, corner], face_normals)
+    return normals / np.linalg.norm(normals, axis=1, keepdims=True).clip(1e-12)
 
 
 def look_at_body(vertices: np.ndarray, view: Literal["front", "side", "back"], distance: float) -> np.ndarray:
