@@ -21,8 +21,8 @@ import pytest
 from PIL import Image
 
 from hsmr_data import dashboard as D
+from hsmr_data import dashboard_stats, label_table, svg_charts
 from hsmr_data import evaluate as E
-from hsmr_data import label_table
 from hsmr_data.cli import main
 from hsmr_data.synthetic.world import SynthConfig, generate_dataset
 from hsmr_data.truth_report import truth_label_rows
@@ -138,12 +138,12 @@ def test_summary_counts_rules_replacements_truth_and_violations(page, world):
 
 def test_log_histograms_keep_every_label_and_span_the_decades():
     values = {0: np.array([0.0, 1.5, 2.0, 30.0, 174.0]), 1: np.array([1.6, 1.7])}
-    edges, counts = D.histogram_counts(values, bins=10, log=True)
+    edges, counts = dashboard_stats.histogram_counts(values, bins=10, log=True)
     assert edges[0] == pytest.approx(1.5) and edges[-1] == pytest.approx(174.0)
     assert np.allclose(np.diff(np.log10(edges)), np.log10(174.0 / 1.5) / 10)  # even in log10
     assert counts[0].sum() == 5 and counts[1].sum() == 2  # the exact fit (0) counts in the first bin
     assert counts[0][0] == 3  # 0 (clipped up), 1.5 and 2.0: the first bin ends at 1.5·(174/1.5)^0.1 = 2.4
-    chart = D.svg_histogram("hist-x", "maxPVE (cm)", values, 10, log=True)
+    chart = svg_charts.svg_histogram("hist-x", "maxPVE (cm)", values, 10, log=True)
     assert "log scale" in chart and chart.count('class="tick decade"') == 2  # 10 and 100 cm
 
 
@@ -247,7 +247,7 @@ def test_chromium_renders_charts_of_both_rounds_and_a_readable_screenshot(page, 
     dom = _run_chromium(binary, tmp_path / "profile-dom", "--dump-dom", path.as_uri()).stdout
     charts = _ChartParser()
     charts.feed(dom)
-    expected = [f"hist-synth-{name}" for name in D.MEASURES] + ["filters-synth", "violations-synth"]
+    expected = [f"hist-synth-{name}" for name in dashboard_stats.MEASURES] + ["filters-synth", "violations-synth"]
     assert set(expected + ["replacements-synth", "truth-synth"]) <= set(charts.charts)
     for chart in expected:
         for round_ in (0, 1):
