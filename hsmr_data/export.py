@@ -53,13 +53,12 @@ rewrites anything else; so an interrupted export completes with the bytes of an 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
-import re
 import tarfile
-import zipfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,17 +66,17 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import torch
-import webdataset as wds
 from deltalake import DeltaTable
 from PIL import Image
-from webdataset import TarWriter
 
 from hsmr_data.datasets import DatasetSpec
 from hsmr_data.geometry import crop_image, crop_pixels, crop_side, normalised_keypoints
 from hsmr_data.hmr2_format import DATA_EXT, check_key, read_shards, write_shards
 from hsmr_data.label_table import read_labels
+from hsmr_data.npz_codec import npz_bytes
 from hsmr_data.quarantine import Quarantine
 from hsmr_data.records import PersonSample, SkelLabel
+from hsmr_data.shard_writer import ShardSpec, write_json, write_resumable_shards
 from hsmr_model import flip
 from hsmr_model.pose_repr import q_to_target88
 
@@ -85,9 +84,6 @@ FORMAT = "hsmr-train-shard/1"
 HSMR_FORMAT = "hmr2-tars-with-skel-labels/1"  # `export_hsmr_tars`
 FORMATS = {"pipeline": FORMAT, "hsmr": HSMR_FORMAT}  # --format → what the index records
 JPEG_QUALITY = 95
-_TAR_HEADER = {"mtime": 0, "user": "hsmr", "group": "hsmr", "mode": 0o444}
-_ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # the earliest date a zip entry can hold: fixed, so npz bytes repeat
-_SHARD = "shard-{:06d}"
 _INDEX_FIELDS = ("nsamples", "filesize", "md5sum")  # what wids' own index tool records per shard
 
 
@@ -112,27 +108,6 @@ class ExportSummary:
     shards: list[str]  # every shard of the export, in index order
     written: list[str]  # the shards this run wrote; the others were complete already
     counts: dict[str, ExportCounts] = field(default_factory=dict)
-
-
-# ---------------------------------------------------------------------------------- crops and arrays
-def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
-    """An .npz archive of `arrays` (no pickled objects), byte-identical for identical arrays.
-
-    np.savez stamps each member with the current time; this writes the same .npy members with a
-    fixed date, in name order.
-    """
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
-        for name in sorted(arrays):
-            member = io.BytesIO()
-            np.lib.format.write_array(member, np.asarray(arrays[name]), allow_pickle=False)
-            archive.writestr(zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_DATE), member.getvalue())
-    return buffer.getvalue()
-
-
-def npz_arrays(data: bytes) -> dict[str, np.ndarray]:
-    with np.load(io.BytesIO(data), allow_pickle=False) as archive:
-        return {name: archive[name] for name in archive.files}
 
 
 def label_arrays(q: np.ndarray, betas: np.ndarray, trans: np.ndarray) -> dict[str, np.ndarray]:
@@ -288,123 +263,6 @@ def _jpeg(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-# ------------------------------------------------------------------------------------------ shards
-class ExportError(RuntimeError):
-    """The output directory holds shards that contradict this export."""
-
-
-@dataclass(frozen=True)
-class _ShardSpec:
-    maxcount: int
-    maxsize: float
-    params: dict[str, Any]  # everything besides the samples that decides a shard's bytes; kept in its listing
-
-
-class _HashingFile:
-    """A write-only file that also takes the MD5 and size of what passes through (the wids index wants both)."""
-
-    def __init__(self, handle: io.BufferedWriter):
-        self.handle = handle
-        self.md5 = hashlib.md5()
-        self.size = 0
-
-    def write(self, data: bytes) -> int:
-        self.md5.update(data)
-        self.size += len(data)
-        return self.handle.write(data)
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write `data` as JSON atomically (temporary name, then rename), in a stable key order."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
-
-
-def _listing(shard: Path, spec: _ShardSpec) -> dict[str, Any] | None:
-    """The listing of a finished shard written with `spec`; None if the tar or its listing is missing or differs."""
-    listing_path = shard.with_suffix(".json")
-    if not (shard.is_file() and listing_path.is_file()):
-        return None
-    listing = json.loads(listing_path.read_text())
-    if listing["params"] != spec.params or listing["filesize"] != shard.stat().st_size:
-        return None
-    return listing
-
-
-def _skip(items: Iterator[_Item], pending: _Item | None, shard: Path, keys: list[str]) -> _Item | None:
-    """Consume the samples of a finished shard, checking they are the ones it holds; return the next one."""
-    for key in keys:
-        found = None if pending is None else pending.sample.sample_id
-        if found != key:
-            raise ExportError(
-                f"{shard} holds {key} where this export has {found}: the directory holds shards of other inputs; "
-                "remove it or export elsewhere"
-            )
-        pending = next(items, None)
-    return pending
-
-
-def _write_shard(
-    items: Iterator[_Item], pending: _Item, shard: Path, spec: _ShardSpec
-) -> tuple[dict[str, Any], _Item | None]:
-    """Write samples from `pending` on until the shard is full; return its listing and the first sample left over."""
-    tmp = shard.with_name(shard.name + ".tmp")
-    keys: list[str] = []
-    size = 0
-    try:
-        with tmp.open("wb") as handle:
-            sink = _HashingFile(handle)
-            writer = TarWriter(sink, encoder=False, **_TAR_HEADER)
-            # ShardWriter's rule: the shard closes before a sample once it holds maxcount samples or maxsize bytes.
-            while pending is not None and len(keys) < spec.maxcount and size < spec.maxsize:
-                size += writer.write(encode_sample(pending, spec.params["label_version"]))
-                keys.append(pending.sample.sample_id)
-                pending = next(items, None)
-            writer.close()
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    tmp.replace(shard)
-    listing = {
-        "url": shard.name,
-        "nsamples": len(keys),
-        "filesize": sink.size,
-        "md5sum": sink.md5.hexdigest(),
-        "keys": keys,
-        "params": spec.params,
-    }
-    _write_json(shard.with_suffix(".json"), listing)  # only now is the shard finished
-    return listing, pending
-
-
-def _write_dataset(items: Iterator[_Item], shard_dir: Path, spec: _ShardSpec) -> tuple[list[dict], list[Path]]:
-    """Shards of one dataset: the listings of all, and the paths of those written now."""
-    shard_dir.mkdir(parents=True, exist_ok=True)
-    listings, written = [], []
-    pending = next(items, None)
-    while pending is not None:
-        shard = shard_dir / f"{_SHARD.format(len(listings))}.tar"
-        listing = _listing(shard, spec)
-        if listing is not None and listing["keys"][:1] == [pending.sample.sample_id]:
-            pending = _skip(items, pending, shard, listing["keys"])
-        else:
-            listing, pending = _write_shard(items, pending, shard, spec)
-            written.append(shard)
-        listings.append(listing)
-    _remove_stale(shard_dir, len(listings))
-    return listings, written
-
-
-def _remove_stale(shard_dir: Path, count: int) -> None:
-    """Delete shards numbered `count` and up, left by an earlier export with other parameters: readers that
-    list the directory instead of reading the index would take them for part of this export."""
-    for path in shard_dir.iterdir():
-        match = re.fullmatch(r"shard-(\d{6})\.(tar|json|tar\.tmp|json\.tmp)", path.name)
-        if match and int(match[1]) >= count:
-            path.unlink()
-
-
 # ------------------------------------------------------------------------------------------ export
 def _fingerprint(urls: Sequence[str]) -> str:
     """Names and sizes of the source shards (the URL where there is no local file): a cheap check that a
@@ -443,7 +301,10 @@ def export_shards(
         params |= {"maxsize": maxsize, "sources": _fingerprint(sources)}
         counts[name] = ExportCounts()
         items = _dataset_items(name, sources, labels, counts[name])
-        listings[name], new = _write_dataset(items, root / name, _ShardSpec(maxcount, maxsize, params))
+        encode = functools.partial(encode_sample, label_version=version)
+        listings[name], new = write_resumable_shards(
+            items, root / name, ShardSpec(maxcount, maxsize, params), encode, key=lambda item: item.sample.sample_id
+        )
         counts[name].exported = sum(listing["nsamples"] for listing in listings[name])
         written += new
     return _summary(version, root, listings, counts, written, FORMAT)
@@ -459,7 +320,7 @@ def _summary(
 ) -> ExportSummary:
     """Write the index (last: an index means a finished export) and sum up."""
     index = _index(version, listings, counts, fmt)
-    _write_json(root / "index.json", index)
+    write_json(root / "index.json", index)
     return ExportSummary(
         label_version=version,
         out_dir=str(root),
@@ -565,34 +426,3 @@ def _index(
         "shardlist": shardlist,
         "hsmr": {"format": fmt, "label_version": version, "counts": {n: asdict(c) for n, c in counts.items()}},
     }
-
-
-# ----------------------------------------------------------------------------------------- reading
-def decode_sample(sample: dict[str, Any]) -> dict[str, Any]:
-    """A raw sample of these shards (entry → bytes, as webdataset or any tar reader groups them) → numpy.
-
-    Returns the `npz` arrays, the `json` fields, `image` (256, 256, 3) uint8, and `__key__` if given.
-    Needs neither torch nor project code beyond numpy and PIL.
-    """
-    with Image.open(io.BytesIO(sample["jpg"])) as image:
-        pixels = np.asarray(image.convert("RGB"))
-    decoded = {**json.loads(sample["json"]), **npz_arrays(sample["npz"]), "image": pixels}
-    if "__key__" in sample:
-        decoded["__key__"] = sample["__key__"]
-    return decoded
-
-
-def shard_urls(source: str | Path | Iterable[str | Path]) -> str | list[str]:
-    """Shard URLs from an index.json (resolved against its directory), a URL or brace pattern, or a list."""
-    if isinstance(source, str | Path) and str(source).endswith(".json"):
-        index = json.loads(Path(source).read_text())
-        return [str(Path(source).parent / entry["url"]) for entry in index["shardlist"]]
-    if isinstance(source, str | Path):
-        return str(source)
-    return [str(url) for url in source]
-
-
-def iter_training_samples(source: str | Path | Iterable[str | Path], **webdataset_args: Any) -> wds.WebDataset:
-    """The decoded samples (`decode_sample`) of an export, as a webdataset pipeline (iterate it, or add
-    .shuffle, .batched, ...). `webdataset_args` go to `webdataset.WebDataset` (default shardshuffle=False)."""
-    return wds.WebDataset(shard_urls(source), **{"shardshuffle": False, **webdataset_args}).map(decode_sample)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from hsmr_data.export import npz_arrays
+from hsmr_data.npz_codec import npz_arrays
 from hsmr_model.camera import CROP_SIZE
 from hsmr_model.flip import flip_q
 from hsmr_model.pose_repr import bone_rotations, q_to_target88, rotation_to_bone_dofs

@@ -27,7 +27,9 @@ from hsmr_data.datasets import DatasetSpec
 from hsmr_data.geometry import crop_image
 from hsmr_data.hmr2_format import read_shards, write_shards
 from hsmr_data.quarantine import Quarantine
+from hsmr_data.shard_writer import ExportError
 from hsmr_data.synthetic.world import SynthConfig, generate_dataset
+from hsmr_data.training_samples import iter_training_samples
 from hsmr_data.truth_report import truth_label_rows
 from hsmr_model import flip
 from hsmr_model.pose_repr import q_to_target88
@@ -87,7 +89,7 @@ def summary(table_uri, dataset_dir, tmp_path_factory) -> export.ExportSummary:
 
 @pytest.fixture(scope="module")
 def samples(summary) -> dict[str, dict]:
-    return {s["sample_id"]: s for s in export.iter_training_samples(summary.index)}
+    return {s["sample_id"]: s for s in iter_training_samples(summary.index)}
 
 
 def _f32(values) -> np.ndarray:
@@ -184,7 +186,7 @@ def test_order_does_not_depend_on_source_order(table_uri, dataset_dir, tmp_path,
     reversed_dir = tmp_path / "reversed"
     write_shards(sorted(people.values(), key=lambda p: p.sample_id, reverse=True), reversed_dir / "shards")
     again = _export(table_uri, reversed_dir, tmp_path / "out", maxcount=2)
-    assert [s["sample_id"] for s in export.iter_training_samples(again.index)] == IDS[:4]
+    assert [s["sample_id"] for s in iter_training_samples(again.index)] == IDS[:4]
     for ours, theirs in zip(summary.shards, again.shards, strict=True):
         assert Path(ours).read_bytes() == Path(theirs).read_bytes()
 
@@ -216,7 +218,7 @@ def test_resume_refuses_shards_of_other_inputs(table_uri, dataset_dir, tmp_path)
     listing = json.loads(listing_path.read_text())
     listing["keys"][1] = GHOST
     listing_path.write_text(json.dumps(listing))
-    with pytest.raises(export.ExportError, match=GHOST):
+    with pytest.raises(ExportError, match=GHOST):
         _export(table_uri, dataset_dir, tmp_path, maxcount=2)
 
 
@@ -249,7 +251,7 @@ def test_earlier_table_version(table_uri, dataset_dir, tmp_path):
     old = _export(table_uri, dataset_dir, tmp_path, version=1)
     assert Path(old.out_dir).name == "v1"
     assert old.counts["synth"] == export.ExportCounts(exported=3, with_label=2, keypoints_only=1, no_label=3)
-    got = {s["sample_id"]: s["label_version"] for s in export.iter_training_samples(old.index)}
+    got = {s["sample_id"]: s["label_version"] for s in iter_training_samples(old.index)}
     assert got == {sample_id: 1 for sample_id in IDS[:3]}
 
 

@@ -21,6 +21,7 @@ from PIL import Image
 
 from hsmr_data import export
 from hsmr_data import label_table as lt
+from hsmr_data.npz_codec import npz_arrays
 from hsmr_data.synthetic.world import SynthConfig, generate_dataset
 from hsmr_data.train_data import AugmentConfig, MixedSampler, ShardDataset, augment_sample, unaugment_q
 from hsmr_data.training import CHECKPOINT, RECIPES, TrainConfig, Trainer, learning_rate, make_config, recipe
@@ -77,7 +78,7 @@ def test_dataset_reads_every_exported_sample(index):
 def test_rotation_turns_keypoints_and_global_orientation_together(index):
     dataset = ShardDataset.from_index(index)
     entries = dataset.read(0)
-    arrays = export.npz_arrays(entries["npz"])
+    arrays = npz_arrays(entries["npz"])
     image = Image.open(io.BytesIO(entries["jpg"])).convert("RGB")
     only_rotation = AugmentConfig(flip_p=0.0, scale=0.0, rotation_p=1.0, translation=0.0, colour=0.0)
     _, labels, applied = augment_sample(arrays, image, np.random.default_rng(4), only_rotation)
@@ -95,7 +96,7 @@ def test_rotation_turns_keypoints_and_global_orientation_together(index):
 
 def test_flip_uses_the_mirrored_labels(index):
     dataset = ShardDataset.from_index(index)
-    arrays = export.npz_arrays(dataset.read(1)["npz"])
+    arrays = npz_arrays(dataset.read(1)["npz"])
     image = Image.open(io.BytesIO(dataset.read(1)["jpg"])).convert("RGB")
     only_flip = AugmentConfig(flip_p=1.0, scale=0.0, rotation_p=0.0, translation=0.0, colour=0.0)
     pixels, labels, applied = augment_sample(arrays, image, np.random.default_rng(0), only_flip)
