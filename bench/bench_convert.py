@@ -33,8 +33,9 @@ from hsmr_model import skel_constants as C
 from hsmr_model import skel_fit
 from hsmr_model.devices import resolve_device
 from hsmr_model.model_files import BodyModelPaths, read_skel_model
-from hsmr_model.skel_fit import SkelFitConfig, SmplToSkel
+from hsmr_model.skel_fit import SkelFitConfig
 from hsmr_model.skel_fit_baseline import fit_baseline
+from hsmr_model.skel_fit_init import SmplToSkel
 from hsmr_model.skel_layer import SKELLayer
 from hsmr_model.smpl_layer import build_smpl, posed_vertices
 

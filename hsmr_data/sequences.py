@@ -54,14 +54,9 @@ from hsmr_model import skel_constants as C
 from hsmr_model.body_models import BodyModels
 from hsmr_model.devices import resolve_device
 from hsmr_model.model_files import SMPL_GENDERS, BodyModelPaths, write_npz_atomically
-from hsmr_model.skel_fit import (
-    NUM_PARAMS,
-    FitGuide,
-    SkelFitConfig,
-    SkelFitResult,
-    fit_skel_to_smpl,
-    initial_parameters,
-)
+from hsmr_model.skel_fit import FitGuide, SkelFitConfig, SkelFitResult, fit_skel_to_smpl
+from hsmr_model.skel_fit_init import initial_parameters
+from hsmr_model.skel_fit_jacobians import NUM_PARAMS
 from hsmr_model.smpl_layer import SmplParams, posed_vertices
 
 SMPLH_BODY_VALUES = 66  # global orientation and 21 body joints; the hands follow

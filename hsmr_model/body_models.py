@@ -19,7 +19,7 @@ import torch
 from hsmr_model.devices import resolve_device
 from hsmr_model.model_files import BodyModelPaths, read_keypoint_regressor, read_skel_model
 from hsmr_model.regressor import VertexRegressor
-from hsmr_model.skel_fit import SmplToSkel
+from hsmr_model.skel_fit_init import SmplToSkel
 from hsmr_model.skel_layer import SKELLayer
 from hsmr_model.smpl_layer import build_smpl
 

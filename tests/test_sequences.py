@@ -23,7 +23,8 @@ from hsmr_data.sequences import (
 from hsmr_data.synthetic.motion import read_truth, write_motion_sequences
 from hsmr_model import skel_constants as C
 from hsmr_model.model_files import ModelFileError, gendered_smpl_path
-from hsmr_model.skel_fit import SkelFitConfig, bone_rotation
+from hsmr_model.skel_fit import SkelFitConfig
+from hsmr_model.skel_fit_init import bone_rotation
 
 FRAMES = 40
 

@@ -13,17 +13,19 @@ from scipy.spatial.transform import Rotation
 from hsmr_data.synthetic.poses import sample_betas, sample_moderate_smpl_params, sample_skel_poses
 from hsmr_model import skel_constants as C
 from hsmr_model import skel_fit as F
+from hsmr_model import skel_fit_init as fit_init
+from hsmr_model import skel_fit_jacobians as jacobians
 from hsmr_model.model_files import read_skel_model
 from hsmr_model.skel_fit_baseline import fit_baseline
 from hsmr_model.skel_layer import SKELLayer
-from hsmr_model.smpl_layer import build_smpl, posed_vertices
+from hsmr_model.smpl_layer import SmplParams, build_smpl, posed_vertices
 
 
 @pytest.fixture(scope="module")
 def models(model_paths):
     data = read_skel_model(model_paths.skel_male)
     skel, smpl = SKELLayer(data), build_smpl(model_paths.smpl)
-    return skel, smpl, F.SmplToSkel.from_models(skel, data.J_regressor_osim, smpl), data
+    return skel, smpl, fit_init.SmplToSkel.from_models(skel, data.J_regressor_osim, smpl), data
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +46,7 @@ def smpl_params_from_skel(skel: SKELLayer, q: torch.Tensor, betas: torch.Tensor,
     local = [world[0]] + [world[C.SMPL_PARENTS[j]].transpose(-1, -2) @ world[j] for j in range(1, 24)]
     rotvec = Rotation.from_matrix(torch.stack(local, 1).reshape(-1, 3, 3).double().numpy()).as_rotvec()
     pose = torch.as_tensor(rotvec, dtype=torch.float32).reshape(-1, 24, 3)
-    return F.SmplParams(pose[:, 0], pose[:, 1:].flatten(1), torch.zeros_like(betas), trans)
+    return SmplParams(pose[:, 0], pose[:, 1:].flatten(1), torch.zeros_like(betas), trans)
 
 
 def test_fast_forward_matches_the_layer(models):
@@ -54,9 +56,9 @@ def test_fast_forward_matches_the_layer(models):
     betas = torch.as_tensor(sample_betas(4, rng), dtype=torch.float32)
     trans = torch.randn(4, 3)
     reference = skel(q, betas, trans)
-    whole = F.pose_body(skel, F.SkinPart.of(skel), q, betas, trans)
+    whole = jacobians.pose_body(skel, jacobians.SkinPart.of(skel), q, betas, trans)
     subset = link.vertex_order[:100]
-    part = F.pose_body(skel, F.SkinPart.of(skel, subset), q, betas, trans)
+    part = jacobians.pose_body(skel, jacobians.SkinPart.of(skel, subset), q, betas, trans)
     assert (whole.skin - reference.skin_verts).abs().max() < 1e-5
     assert (whole.joints - reference.joints).abs().max() < 1e-6
     assert (part.skin - reference.skin_verts[:, subset]).abs().max() < 1e-5
@@ -74,18 +76,18 @@ def test_jacobian_against_forward_mode(models):
         ],
         dim=1,
     )
-    part = F.SkinPart.of(skel, link.vertex_order[:64])
-    body = F.pose_body(skel, part, *F.split_params(x))
-    skin, joints = F.residual_jacobians(skel, part, body, x[:, : C.NUM_DOFS])
+    part = jacobians.SkinPart.of(skel, link.vertex_order[:64])
+    body = jacobians.pose_body(skel, part, *F.split_params(x))
+    skin, joints = jacobians.residual_jacobians(skel, part, body, x[:, : C.NUM_DOFS])
 
     def forward(x):
-        out = F.pose_body(skel, part, *F.split_params(x[None]))
+        out = jacobians.pose_body(skel, part, *F.split_params(x[None]))
         return out.skin[0].T, out.joints[0].T  # (3, N), (3, 24)
 
     for sample in range(2):
         exact_skin, exact_joints = torch.func.jacfwd(forward)(x[sample])  # (3, N, 59)
         assert torch.allclose(joints[sample], exact_joints.permute(2, 0, 1), atol=2e-4)
-        shape_and_trans = slice(C.NUM_DOFS, F.NUM_PARAMS)
+        shape_and_trans = slice(C.NUM_DOFS, jacobians.NUM_PARAMS)
         assert torch.allclose(skin[sample, shape_and_trans], exact_skin.permute(2, 0, 1)[shape_and_trans], atol=5e-4)
         pose_error = (skin[sample, : C.NUM_DOFS] - exact_skin.permute(2, 0, 1)[: C.NUM_DOFS]).norm()
         assert pose_error < 0.1 * exact_skin[..., : C.NUM_DOFS].norm()
