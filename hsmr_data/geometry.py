@@ -15,7 +15,7 @@ from PIL import Image
 
 from hsmr_model import camera
 from hsmr_model import skel_constants as C
-from hsmr_model.camera import CROP_SIZE
+from hsmr_model.camera import CROP_SIZE, FOCAL_PIXELS
 
 BOX_SIDE_PER_SCALE = 200.0  # HMR2.0: the box side in pixels is scale × 200
 
@@ -28,6 +28,12 @@ def box_sides(scale: torch.Tensor) -> torch.Tensor:
 def crop_side(scale: np.ndarray) -> float:
     """Box side in pixels of one person's (2,) scale, exact in float64."""
     return float(box_sides(torch.as_tensor(scale, dtype=torch.float64)[None])[0])
+
+
+def focal_in_image(side: float | np.ndarray) -> float | np.ndarray:
+    """Focal length in image pixels of the crop camera of a box of `side` px: the crop is a pinhole of
+    focal `FOCAL_PIXELS` per `CROP_SIZE` px, centred on the box, so in the image it is 5000 · side / 256."""
+    return FOCAL_PIXELS * side / CROP_SIZE
 
 
 def crop_image(image: Image.Image | np.ndarray, center: np.ndarray, side: float, size: int = CROP_SIZE) -> np.ndarray:

@@ -28,14 +28,13 @@ import torch
 from PIL import Image, ImageDraw
 
 from hsmr_data.datasets import DatasetSpec
-from hsmr_data.geometry import crop_image, crop_side
+from hsmr_data.geometry import crop_image, crop_side, focal_in_image
 from hsmr_data.hmr2_format import read_shards
 from hsmr_data.quarantine import Quarantine
 from hsmr_data.records import PersonSample
 from hsmr_data.render import project, rasterize, shade
 from hsmr_model import skel_constants as C
 from hsmr_model.body_models import SKEL_SEX, BodyModels
-from hsmr_model.camera import CROP_SIZE, FOCAL_PIXELS
 from hsmr_model.devices import resolve_device
 from hsmr_model.losses import predicted_keypoints
 from hsmr_model.model_files import BodyModelPaths
@@ -319,7 +318,7 @@ def write_overlay(predictor: Predictor, image_path: Path, people: list[dict], ou
     depth, out = np.full((height, width), np.inf), base.copy()
     cameras = []
     for person, skin in zip(people, skins, strict=True):
-        focal, principal = FOCAL_PIXELS * person["box_side"] / CROP_SIZE, tuple(person["center"])
+        focal, principal = focal_in_image(person["box_side"]), tuple(person["center"])
         cameras.append((focal, principal))
         raster = rasterize(skin, faces, focal, principal, (height, width))
         nearer = raster.mask & (raster.depth < depth)

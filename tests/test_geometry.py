@@ -22,6 +22,12 @@ def test_box_side_is_the_larger_scale_times_200():
     assert sides.dtype == torch.float32 and torch.equal(sides, torch.full((2,), scale[0] * np.float32(200)))
 
 
+def test_the_crop_camera_in_the_image():
+    # A box of 512 px is the 256 px crop scaled by 2: the crop's focal of 5000 px becomes 10,000 px.
+    assert G.focal_in_image(512.0) == 10_000.0
+    np.testing.assert_allclose(G.focal_in_image(np.array([256.0, 128.0])), [5000.0, 2500.0])
+
+
 def test_bilinear_crop_samples_pixel_centres():
     # A ramp whose value is the pixel's column: bilinear sampling returns the sampled x exactly.
     ramp = Image.fromarray(np.tile(np.arange(200, dtype=np.uint8), (150, 1))).convert("RGB")

@@ -34,6 +34,7 @@ from hsmr_data.geometry import (
     crop_pixels,
     crop_side,
     draw_keypoints,
+    focal_in_image,
     normalised_keypoints,
 )
 from hsmr_data.hmr2_format import write_shards
@@ -101,7 +102,7 @@ class Framing:
 
     @property
     def image_focal(self) -> np.ndarray:
-        return FOCAL_PIXELS * self.box_side / CROP_SIZE
+        return focal_in_image(self.box_side)
 
 
 def frame_people(vertices: np.ndarray, image_size: int, rng: np.random.Generator) -> Framing:
