@@ -8,9 +8,8 @@ from pathlib import Path
 import torch
 
 from hsmr_model import skel_constants as C
+from hsmr_model.body_models import BodyModels
 from hsmr_model.model_files import SKEL_SOURCE_HINT, SMPL_SOURCE_HINT, BodyModelPaths, read_keypoint_regressor
-from hsmr_model.skel_layer import SKELLayer
-from hsmr_model.smpl_layer import build_smpl
 
 KEYPOINT_REGRESSOR_SOURCE = (
     "built by `hsmr models keypoints --joints J_regressor_SKEL_mix_MALE.pkl --extra SMPL_to_J19.pkl "
@@ -38,7 +37,7 @@ def check_models(paths: BodyModelPaths) -> dict:
         A JSON-ready summary per file: sizes and the rest-pose residuals, which must be ~0:
         at q = 0, β = 0 the SKEL skin is its template and the SMPL mesh is its template.
     """
-    smpl = build_smpl(paths.smpl)
+    smpl = BodyModels.load(paths).smpl
     smpl_out = smpl()
     regressor = read_keypoint_regressor(paths.keypoint_regressor, num_vertices=smpl.v_template.shape[0])
     report = {
@@ -56,7 +55,7 @@ def check_models(paths: BodyModelPaths) -> dict:
         },
     }
     for sex in ("male", "female"):
-        layer = SKELLayer.from_file(paths.skel(sex))
+        layer = BodyModels.load(paths, sex).skel
         zero_q, zero_b = torch.zeros(1, C.NUM_DOFS), torch.zeros(1, C.NUM_BETAS)
         out = layer(zero_q, zero_b, skeleton_mesh=True)
         report[f"skel_{sex}"] = {
