@@ -43,12 +43,10 @@ sample id (a global sort would hold every image in memory; sources written in ke
 synthetic ones, come out globally sorted). Tar headers are fixed (mtime 0, fixed owner and mode)
 and the npz members carry a fixed date, so the same inputs give the same bytes.
 
-Sharding: a shard closes before the sample that would follow `maxcount` samples or `maxsize` bytes
-of entries, as webdataset's ShardWriter does; shards are written with its TarWriter one by one so
-that a finished shard can be skipped. Resume: a shard is written under a temporary name, renamed,
-and then listed (its .json, written the same way). A later run with the same parameters skips a
-shard whose tar exists and whose listing matches, consuming its samples without encoding them, and
-rewrites anything else; so an interrupted export completes with the bytes of an uninterrupted one.
+Sharding and resume (`shard_writer`): a shard closes before the sample that would follow `maxcount`
+samples or `maxsize` bytes, as webdataset's ShardWriter does; a later run with the same parameters
+skips the shards that are finished and rewrites anything else, so an interrupted export completes
+with the bytes of an uninterrupted one. Readers: `training_samples`; the npz codec: `npz_codec`.
 """
 
 from __future__ import annotations
