@@ -32,18 +32,8 @@ version k). A round picked automatically is the last committed round + 1, unless
 used the same predictions, in which case there is nothing to do. So a round killed before its commit
 reruns as the same k, one killed after it is recognised as done, and k is committed exactly once.
 
-Inside training (`RefineCallback`): after a warm-up of W steps, every K steps a round runs on the
-Trainer's predictions (gathered from every rank under DDP, the round run and committed by the main
-process). "Training reads the updated labels" means: after a committed round the main process
-announces the table version (`TableLabels`, a JSON file in the run folder), and every batch built
-from the next step on, in the training processes and in their loader workers alike, carries for each
-sample a round replaced the label the table holds at that version (q, β, trans, their 88-D and
-mirrored forms, has_pose and has_betas from the row's filter verdict, as an export of that version
-would), without re-exporting shards. A batch a worker built before the announcement is rebuilt by
-the Trainer. Limits: only samples in the export can get labels (one filtered out of the export stays
-out until the next export); and a training run resumed from a checkpoint reads the labels as the
-table holds them at resume, including rounds committed after that checkpoint, so the bit-exact resume
-of training does not extend across refinement rounds.
+The in-training side (a round every K steps and batches that read the new labels) is
+`hsmr_data.refine_training`.
 """
 
 from __future__ import annotations
@@ -51,20 +41,18 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
 from hsmr_data import label_table
 from hsmr_data.datasets import DatasetSpec
-from hsmr_data.export import label_arrays
 from hsmr_data.filters import FilterConfig, apply_filters, clean_confidences
 from hsmr_data.hmr2_format import read_shards
 from hsmr_data.quarantine import Quarantine
@@ -172,11 +160,11 @@ def fingerprint(predictions: pa.Table) -> str:
     digest.update("\n".join(predictions["sample_id"].to_pylist()).encode())
     digest.update(np.asarray(predictions["step"].to_numpy(), dtype=np.int64).tobytes())
     for name in ("q", "betas"):
-        digest.update(_matrix(predictions[name]).astype(np.float64).tobytes())
+        digest.update(column_matrix(predictions[name]).astype(np.float64).tobytes())
     return digest.hexdigest()
 
 
-def _matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+def column_matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """A list column of equal-length rows as an (N, D) array."""
     values = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     return np.array(values.flatten().to_numpy(zero_copy_only=False), dtype=np.float64).reshape(len(values), -1)
@@ -364,10 +352,10 @@ def _round_rows(refiner: Refiner, selected: pa.Table, number: int) -> tuple[pa.T
     floored[..., 2] = clean_confidences(keypoints[..., 2], config.filters.keypoint_conf_floor)
     floored_t = torch.as_tensor(floored, dtype=torch.float32)
 
-    old_q, old_betas = (torch.as_tensor(_matrix(old[name]), dtype=torch.float32) for name in ("q", "betas"))
+    old_q, old_betas = (torch.as_tensor(column_matrix(old[name]), dtype=torch.float32) for name in ("q", "betas"))
     _, old_err = refiner.skelify.score(old_q, old_betas, floored_t)
     start_q, start_betas = (
-        torch.as_tensor(_matrix(selected[name].take(keep)), dtype=torch.float32) for name in ("q", "betas")
+        torch.as_tensor(column_matrix(selected[name].take(keep)), dtype=torch.float32) for name in ("q", "betas")
     )
     started = time.perf_counter()
     fit = refiner.skelify.fit(start_q, start_betas, floored_t)
@@ -438,117 +426,3 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 def _read_json(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
-
-
-# ---------------------------------------------------------------------------------------- training
-class TableLabels:
-    """The refined labels of the label table at the version the trainer announces: `LabelOverrides` for
-    `TrainingBatches`, read where batches are built, so loader workers follow refinement rounds too.
-
-    The announcement is a small JSON file ({"table_uri", "version"}) that the main training process
-    rewrites atomically after each committed round. Every `current()` call checks it (one stat), and a
-    changed announcement makes this process, whichever it is, read the table at the announced version.
-    """
-
-    def __init__(self, announcement: str | Path):
-        self.announcement = Path(announcement)
-        self._seen: tuple[int, int, int] | None = None
-        self._version: int | None = None
-        self._labels: dict[str, dict[str, np.ndarray]] = {}
-
-    @staticmethod
-    def announce(announcement: str | Path, table_uri: str, version: int) -> None:
-        """Tell every reader of `announcement` to train on `table_uri`'s labels as of `version`."""
-        path = Path(announcement)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps({"table_uri": table_uri, "version": version}))
-        tmp.replace(path)
-
-    def current(self) -> tuple[int | None, dict[str, dict[str, np.ndarray]]]:
-        try:
-            stat = self.announcement.stat()
-        except FileNotFoundError:
-            return self._version, self._labels
-        seen = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
-        if seen != self._seen:
-            announced = json.loads(self.announcement.read_text())
-            labels = label_table.read_labels(announced["table_uri"], version=announced["version"])
-            self._labels, self._version, self._seen = refined_label_arrays(labels), announced["version"], seen
-        return self._version, self._labels
-
-    def __getstate__(self) -> dict[str, Any]:
-        # A loader worker reads the table itself rather than receiving the parent's copy of the labels.
-        return {"announcement": self.announcement}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["announcement"])
-
-
-def refined_label_arrays(labels: pa.Table) -> dict[str, dict[str, np.ndarray]]:
-    """Sample id → the npz label arrays an export would write for each refined row (round >= 1) of `labels`."""
-    refined = labels.filter(pc.greater_equal(labels["round"], 1))
-    if refined.num_rows == 0:
-        return {}
-    q, betas, trans = (_matrix(refined[name]) for name in ("q", "betas", "trans"))
-    finite = np.isfinite(np.concatenate([q, betas, trans], axis=1)).all(axis=1)
-    arrays = label_arrays(*(np.where(finite[:, None], a, 0.0) for a in (q, betas, trans)))
-    has_label = (np.asarray(refined["passed"].to_numpy(zero_copy_only=False), dtype=bool) & finite).astype(np.float32)
-    return {
-        sample_id: {
-            **{name: np.asarray(values[i], dtype=np.float32) for name, values in arrays.items()},
-            "has_pose": np.float32(has_label[i]),
-            "has_betas": np.float32(has_label[i]),
-        }
-        for i, sample_id in enumerate(refined["sample_id"].to_pylist())
-    }
-
-
-class RefineCallback:
-    """`Trainer.run(on_step=...)`: a refinement round every `every` steps after `warmup` (rounds at steps
-    warmup + every, warmup + 2·every, ...), on the latest `refiner.config.latest` predictions; the Trainer's
-    batches then carry the labels the table holds (see the module docstring).
-
-    Under DDP every rank calls it at the same step: the predictions of all ranks are gathered, the main
-    process runs the round and commits it, announces the new table version, and every rank (and each of
-    its loader workers) trains on the new labels from the next step.
-    """
-
-    ANNOUNCEMENT = "labels.json"  # in the run's out_dir
-
-    def __init__(
-        self,
-        trainer,
-        refiner: Refiner,
-        warmup: int = 5000,
-        every: int = 230,
-        on_commit: Callable[[RoundResult], None] | None = None,
-    ):
-        """`on_commit(result)` runs in the main process after each committed round (e.g. a dashboard update)."""
-        if every < 1:
-            raise ValueError(f"every must be at least 1, got {every}")
-        self.refiner, self.warmup, self.every, self.on_commit = refiner, warmup, every, on_commit
-        self.results: list[RoundResult] = []
-        self.announcement = Path(trainer.out_dir) / self.ANNOUNCEMENT
-        self.group = trainer.group
-        trainer.batches.overrides = TableLabels(self.announcement)
-        self.refresh()
-
-    def refresh(self) -> None:
-        """Announce the table's current version: batches built from now on carry its refined labels."""
-        if self.group.is_main:
-            uri = self.refiner.config.table_uri
-            TableLabels.announce(self.announcement, uri, label_table.create_or_open(uri).version())
-        self.group.barrier()
-
-    def __call__(self, trainer, step: int) -> None:
-        if step <= self.warmup or (step - self.warmup) % self.every:
-            return
-        trainer.collect_predictions()
-        if self.group.is_main:
-            self.results.append(refine_round(self.refiner, predictions_table(trainer.predictions)))
-        committed = self.group.gather(self.group.is_main and self.results[-1].status == "committed")[0]
-        if committed:
-            self.refresh()
-            if self.group.is_main and self.on_commit is not None:
-                self.on_commit(self.results[-1])

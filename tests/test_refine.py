@@ -20,7 +20,8 @@ from flows.settings import artifact_key
 from hsmr_data import cli, conversion, export, refine
 from hsmr_data import label_table as lt
 from hsmr_data.conversion import ConvertConfig
-from hsmr_data.refine import Decision, RefineCallback, RefineConfig, Refiner, TableLabels
+from hsmr_data.refine import Decision, RefineConfig, Refiner
+from hsmr_data.refine_training import RefineCallback, TableLabels
 from hsmr_data.synthetic.world import SynthConfig, generate_dataset
 from hsmr_data.train_data import AugmentConfig, MixedSampler, ShardDataset, TrainingBatches
 from hsmr_data.training import TrainConfig, Trainer
