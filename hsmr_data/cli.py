@@ -201,16 +201,15 @@ def _dashboard(args: argparse.Namespace) -> int:
 
 def _refine(args: argparse.Namespace) -> int:
     from hsmr_data import refine
-    from hsmr_model.skelify import REFINER_STAGES, SkelifyConfig
+    from hsmr_model.skelify import SkelifyConfig
 
-    stages = (replace(REFINER_STAGES[0], steps=args.steps),)
+    stages = (replace(refine.DEFAULT_STAGES[0], steps=args.steps),)
     config = refine.RefineConfig(
         table_uri=args.table,
         dataset_dirs={args.dataset: args.dataset_dir},
         models_root=args.models,
         latest=args.latest,
         max_abs_beta=args.max_abs_beta,
-        keep_passing=args.keep_passing,
         skelify=SkelifyConfig(stages, max_iter=args.max_iter, batch_size=args.batch_size, device=args.device),
     )
     if not Path(args.predictions).is_file():
@@ -456,12 +455,6 @@ def build_parser() -> argparse.ArgumentParser:
     refine.add_argument("--batch-size", type=int, default=256, help="samples per LBFGS problem")
     refine.add_argument("--latest", type=int, default=18_000, help="refine the latest M predictions")
     refine.add_argument("--max-abs-beta", type=float, default=2.0, help="replace only labels with max|beta| below")
-    refine.add_argument(
-        "--keep-passing",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="never replace a label that passes the filters by one that fails them",
-    )
     refine.add_argument("--steps", type=int, default=10, help="LBFGS steps of the refiner (the paper's 10)")
     refine.add_argument("--max-iter", type=int, default=20, help="iterations per LBFGS step (torch's default 20)")
     refine.add_argument("--round", type=int, help="the round to commit (default: the next one)")
