@@ -11,6 +11,14 @@ square of its weight and averaged over the batch:
   the bounds too, so it also pulls towards the middle of the range);
 - depth (camera stage only): (ẑ − t_z)², ẑ = f · 3D torso length / 2D torso length.
 
+Two terms of ours, off in HSMR's stages, that keep a refinement near the prediction it starts from
+(`ANCHORED_REFINER_STAGES`; chosen on the synthetic world by `hsmr study refine`):
+
+- anchor: mean over the 44 keypoints of ‖k − k₀‖² in metres, both sets centred on their mean, k₀ the
+  starting pose's: the 2D evidence may move the pose, but a move the keypoints do not ask for (depth,
+  twists they cannot see) costs;
+- shape to the start: ‖β − β₀‖² in place of ‖β‖², which drags every body towards the mean shape.
+
 Hard joint limits (`SkelifyConfig.hard_limits`, on by default; HSMR has only the soft prior above): the
 optimiser's free variable of each limited DoF is u, with q = mid + half_range · (1 − ε) · sin(u), so every
 DoF stays inside its limits whatever LBFGS does (strong-Wolfe line search included, as the map is smooth),
@@ -62,10 +70,16 @@ class Stage:
     angle: float = 0.0
     depth: float = 0.0
     camera_only: bool = False  # optimise translation and global orientation on the torso keypoints only
+    anchor: float = 0.0  # 3D keypoints near the starting pose's (ours, see the module docstring)
+    shape_to_start: bool = False  # shape prior ‖β − β₀‖² rather than ‖β‖² (ours)
 
 
 # The refiner HSMR runs inside training: one stage of 10 steps over everything.
 REFINER_STAGES = (Stage(steps=10, reprojection=1.0, shape=5.0, angle=4.78 * 0.17),)
+# Ours: the refiner's stage with the shape prior towards the prediction's β and a 3D anchor to its pose.
+ANCHORED_REFINER_STAGES = (
+    Stage(steps=10, reprojection=1.0, shape=5.0, angle=4.78 * 0.17, anchor=10.0, shape_to_start=True),
+)
 # The facts give the from-scratch angle weights "× 1.7 scale" but the refiner's 4.78 "× 0.17"; kept as read.
 FROM_SCRATCH_ANGLE_SCALE = 1.7
 
@@ -176,6 +190,12 @@ def joint_limit_prior(q: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor)
     return (torch.exp(lower - limited).square() + torch.exp(limited - upper).square()).mean(-1)
 
 
+def anchor_term(points: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+    """Mean squared distance of centred 3D keypoints to the centred starting ones: (B, K, 3), (B, K, 3) → (B,)."""
+    offsets = (points - points.mean(1, keepdim=True)) - (start - start.mean(1, keepdim=True))
+    return offsets.square().sum(-1).mean(-1)
+
+
 def depth_term(points: torch.Tensor, trans: torch.Tensor, scale: torch.Tensor, focal: float) -> torch.Tensor:
     """(ẑ − t_z)², ẑ = f · mean 3D torso-edge length / the observed 2D torso scale.
 
@@ -229,6 +249,8 @@ class Problem:
     trans: torch.Tensor  # (B, 3) the optimiser's camera translation
     keypoints: torch.Tensor  # (B, 44, 3)
     scale: torch.Tensor  # (B,)
+    start_points: torch.Tensor  # (B, 44, 3) the starting pose's keypoints (anchor term)
+    start_betas: torch.Tensor  # (B, 10)
     limits: tuple[torch.Tensor, torch.Tensor] = field(repr=False)
     hard_limits: bool = False
 
@@ -332,6 +354,8 @@ class Skelify:
             trans=trans.contiguous().clone().requires_grad_(True),
             keypoints=keypoints,
             scale=scale,
+            start_points=points,
+            start_betas=betas,
             limits=limits,
             hard_limits=self.config.hard_limits,
         )
@@ -343,7 +367,10 @@ class Skelify:
         projected = camera.project(points, problem.trans)
         loss = stage.reprojection**2 * reprojection_term(projected, problem.keypoints, problem.scale, mask)
         if stage.shape:
-            loss = loss + stage.shape**2 * shape_prior(problem.betas)
+            shape = problem.betas - problem.start_betas if stage.shape_to_start else problem.betas
+            loss = loss + stage.shape**2 * shape_prior(shape)
+        if stage.anchor:
+            loss = loss + stage.anchor**2 * anchor_term(points, problem.start_points)
         if stage.angle:
             loss = loss + stage.angle**2 * joint_limit_prior(q, *problem.limits)
         if stage.depth:
