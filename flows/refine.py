@@ -134,11 +134,12 @@ def publish_round(config: RefineConfig, report: dict[str, Any]) -> None:
         f"# {FLOW_NAME} {report['round']}: `{config.table_uri}` ({report['status']})",
         f"- predictions refined: {overall['samples']} of {stats['predictions']} "
         f"(no label row: {stats['no_label']}, no source sample: {stats['no_source']})",
-        f"- improved: {overall['improved']}, replaced: {overall['replaced']} "
-        f"(rejected for |beta| >= {stats['max_abs_beta']:g}: {overall['rejected_betas']}, "
-        f"for failing the filters: {overall['rejected_filters']})",
+        f"- improved by the margin ({stats['min_improvement']:.0%}): {overall['improved']}, replaced: "
+        f"{overall['replaced']} (rejected for |beta| >= {stats['max_abs_beta']:g}: {overall['rejected_betas']}, "
+        f"too few keypoints: {overall['rejected_keypoints']}, 3D rule: {overall['rejected_3d']})",
         f"- mean kp2d_err: {overall['kp2d_err_mean_before']} before, {overall['kp2d_err_mean_after']} after",
-        f"- passing the filters: {overall['passed_before']} before, {overall['passed_after']} after",
+        f"- labels that pass: {overall['passed_before']} before, {overall['passed_after']} after "
+        f"({overall['regained']} filtered samples regained one)",
         f"- SKELify: {stats['samples_per_second']} samples/s on {stats['device']}",
         f"- statistics: `{report['stats_path']}`",
     ]

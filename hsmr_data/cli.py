@@ -222,6 +222,15 @@ def _refine(args: argparse.Namespace) -> int:
     return 0
 
 
+def _study_refine(args: argparse.Namespace) -> int:
+    from hsmr_data.refine_study import StudyConfig, to_markdown, write_study
+
+    result = write_study(StudyConfig(args.models, args.work, people=args.people), args.out)
+    print(to_markdown(result))
+    print(f"written: {args.out}")
+    return 0
+
+
 def _export(args: argparse.Namespace) -> int:
     from hsmr_data.datasets import parse_datasets
     from hsmr_data.export import export_hsmr_tars, export_shards
@@ -503,6 +512,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     curves.add_argument("--out", default="storage/reports/learning_curves.png")
     curves.set_defaults(run=_curves)
+
+    study = commands.add_parser("study", help="studies on the synthetic world").add_subparsers(
+        dest="action", required=True
+    )
+    study_refine = study.add_parser("refine", help="refiner variants against the truth: 3D label error per case")
+    study_refine.add_argument("--models", default="storage/models", help="body models (the synthetic ones)")
+    study_refine.add_argument("--work", default="storage/study/refine", help="the study's world and round-0 table")
+    study_refine.add_argument("--people", type=int, default=256)
+    study_refine.add_argument("--out", default="storage/reports/study_refine.json", help="JSON; the table goes to .md")
+    study_refine.set_defaults(run=_study_refine)
 
     demo = commands.add_parser("demo", help="load the models, pose bodies, write meshes and renders")
     demo.add_argument("--models", default="storage/models")
