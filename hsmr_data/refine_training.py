@@ -6,7 +6,7 @@ process). "Training reads the updated labels" means: after a committed round the
 announces the table version (`TableLabels`, a JSON file in the run folder), and every batch built
 from the next step on, in the training processes and in their loader workers alike, carries for each
 sample a round replaced the label the table holds at that version (q, β, trans, their 88-D and
-mirrored forms, has_pose and has_betas from the row's filter verdict, as an export of that version
+mirrored forms, has_pose and has_betas from the row's verdict (a refined row's own), as an export of that version
 would), without re-exporting shards. A batch a worker built before the announcement is rebuilt by
 the Trainer. Limits: only samples in the export can get labels (one filtered out of the export stays
 out until the next export); and a training run resumed from a checkpoint reads the labels as the
