@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=256, help="samples per LBFGS problem")
     parser.add_argument("--latest", type=int, default=RefineConfig.latest, help="refine the latest M predictions")
     parser.add_argument("--max-abs-beta", type=float, default=RefineConfig.max_abs_beta)
-    parser.add_argument("--steps", type=int, default=DEFAULT_STAGES[0].steps, help="LBFGS steps (the paper's 10)")
+    parser.add_argument("--steps", type=int, default=DEFAULT_STAGES[0].steps, help="LBFGS steps (the paper: 10)")
     parser.add_argument("--max-iter", type=int, default=SkelifyConfig.max_iter, help="iterations per LBFGS step")
     parser.add_argument("--round", type=int, help="the round to commit (default: the next one)")
     args = parser.parse_args(argv)

@@ -464,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     refine.add_argument("--batch-size", type=int, default=256, help="samples per LBFGS problem")
     refine.add_argument("--latest", type=int, default=18_000, help="refine the latest M predictions")
     refine.add_argument("--max-abs-beta", type=float, default=2.0, help="replace only labels with max|beta| below")
-    refine.add_argument("--steps", type=int, default=10, help="LBFGS steps of the refiner (the paper's 10)")
+    refine.add_argument("--steps", type=int, default=3, help="LBFGS steps of the refiner (the paper's 10)")
     refine.add_argument("--max-iter", type=int, default=20, help="iterations per LBFGS step (torch's default 20)")
     refine.add_argument("--round", type=int, help="the round to commit (default: the next one)")
     refine.set_defaults(run=_refine)

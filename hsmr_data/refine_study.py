@@ -331,7 +331,28 @@ def to_markdown(result: StudyResult) -> str:
         )
     qualifying = ", ".join(result.qualifying) or "none"
     verdict = f"Lower the joint error of all labels in every case, refined labels 0 % past the limits: {qualifying}"
-    return head + "\n".join(lines) + f"\n\n{verdict}\n"
+    return head + "\n".join(lines) + f"\n\n{verdict}\n" + _regained_markdown(result)
+
+
+def _regained_markdown(result: StudyResult) -> str:
+    """Per corruption kind of the pseudo-GT, for the qualifying variants: filtered samples that regained a label
+    and those labels' mean joint error to the truth."""
+    rows = [row for row in result.rows if row["variant"] in result.qualifying]
+    if not rows:
+        return ""
+    kinds = sorted({kind for row in rows for kind in row["regained"]})
+    head = "\n| case | variant | " + " | ".join(kinds) + " |\n|---|---|" + "---|" * len(kinds) + "\n"
+
+    def cell(figures: dict[str, Any] | None) -> str:
+        if not figures or not figures["filtered"]:
+            return "–"
+        error = "" if math.isnan(figures["joint_mm_after"]) else f", {figures['joint_mm_after']:.0f} mm"
+        return f"{figures['regained']}/{figures['filtered']}{error}"
+
+    lines = [f"| {row['case']} | {row['variant']} | " + " | ".join(cell(row["regained"].get(k)) for k in kinds) + " |"
+             for row in rows]  # fmt: skip
+    intro = "\nFiltered samples that regained a label (regained/filtered, their mean joint error to the truth):\n"
+    return intro + head + "\n".join(lines) + "\n"
 
 
 def write_study(config: StudyConfig, out_json: str | Path, log=print) -> StudyResult:
