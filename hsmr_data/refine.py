@@ -369,8 +369,6 @@ class RoundEvaluation:
     pve_max: np.ndarray  # (N,)
     num_keypoints: np.ndarray  # (N,) int32
     joint_shift_mm: np.ndarray  # (N,) the new labels' pelvis-aligned joints to the predictions'
-    start_q: torch.Tensor  # (N, 46) the predictions the fits started from
-    start_betas: torch.Tensor  # (N, 10)
     seconds: float  # SKELify wall time
     missing: dict[str, int]  # predictions left out: "no_label", "no_source"
 
@@ -439,8 +437,6 @@ def evaluate_round(refiner: Refiner, selected: pa.Table) -> RoundEvaluation:
         pve_max=pve_max,
         num_keypoints=num_keypoints,
         joint_shift_mm=shift,
-        start_q=start_q,
-        start_betas=start_betas,
         seconds=seconds,
         missing=missing,
     )
