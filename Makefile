@@ -57,7 +57,7 @@ convert: setup
 dashboard: setup
 	$(BIN)/python -m flows.dashboard
 
-# One SKELify refinement round (the refine-round flow, the paper's 10-step refiner) of the demo's table on the
+# One SKELify refinement round (the refine-round flow, the default refiner of `hsmr study refine`) of the demo's table on the
 # predictions the training run in RUN_DIR wrote at its latest checkpoint; the round's statistics go next to
 # the table ($(TABLE)-rounds/). A rerun on the same predictions is recognised as done.
 refine-round: setup
@@ -89,6 +89,7 @@ bench: models
 	$(BIN)/python bench/bench_scaleout.py --models $(MODELS) --out storage/bench/scaleout.json
 	$(BIN)/python bench/bench_sequences.py --models $(MODELS) --out storage/bench/sequences.json
 	$(BIN)/python bench/bench_predict.py --models $(MODELS) --out storage/bench/predict.json
+	$(BIN)/python bench/study_refine.py --models $(MODELS) --out storage/bench/study_refine.json
 
 lint: setup
 	$(BIN)/ruff check .

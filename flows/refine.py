@@ -24,8 +24,8 @@ from prefect.cache_policies import NO_CACHE
 from flows.dashboard import live_page
 from flows.settings import artifact_key
 from hsmr_data import refine
-from hsmr_data.refine import RefineConfig, Refiner, RoundResult
-from hsmr_model.skelify import REFINER_STAGES, SkelifyConfig
+from hsmr_data.refine import DEFAULT_STAGES, RefineConfig, Refiner, RoundResult
+from hsmr_model.skelify import SkelifyConfig
 
 FLOW_NAME = "refine-round"
 DEFAULT_PREDICTIONS = "storage/runs/hsmr-tiny/predictions.parquet"  # the train-hsmr flow's default run
@@ -42,11 +42,10 @@ def refine_config(
     batch_size: int = 256,
     latest: int = RefineConfig.latest,
     max_abs_beta: float = RefineConfig.max_abs_beta,
-    keep_passing: bool = RefineConfig.keep_passing,
-    steps: int = REFINER_STAGES[0].steps,
+    steps: int = DEFAULT_STAGES[0].steps,
     max_iter: int = SkelifyConfig.max_iter,
 ) -> RefineConfig:
-    """The library's configuration from plain (JSON-able) parameters: HSMR's refiner, `steps` LBFGS steps of
+    """The library's configuration from plain (JSON-able) parameters: the default refiner, `steps` LBFGS steps of
     at most `max_iter` iterations (10 and 20 in the paper; fewer for a quick look on a CPU)."""
     return RefineConfig(
         table_uri=str(table_uri),
@@ -54,9 +53,8 @@ def refine_config(
         models_root=str(models_root),
         latest=latest,
         max_abs_beta=max_abs_beta,
-        keep_passing=keep_passing,
         skelify=SkelifyConfig(
-            stages=(replace(REFINER_STAGES[0], steps=steps),), max_iter=max_iter, batch_size=batch_size, device=device
+            stages=(replace(DEFAULT_STAGES[0], steps=steps),), max_iter=max_iter, batch_size=batch_size, device=device
         ),
     )
 
@@ -88,8 +86,7 @@ def refine_round_flow(
     batch_size: int = 256,
     latest: int = RefineConfig.latest,
     max_abs_beta: float = RefineConfig.max_abs_beta,
-    keep_passing: bool = RefineConfig.keep_passing,
-    steps: int = REFINER_STAGES[0].steps,
+    steps: int = DEFAULT_STAGES[0].steps,
     max_iter: int = SkelifyConfig.max_iter,
     round: int | None = None,
     dashboard: bool = True,
@@ -110,7 +107,6 @@ def refine_round_flow(
         batch_size,
         latest,
         max_abs_beta,
-        keep_passing,
         steps,
         max_iter,
     )
@@ -138,11 +134,12 @@ def publish_round(config: RefineConfig, report: dict[str, Any]) -> None:
         f"# {FLOW_NAME} {report['round']}: `{config.table_uri}` ({report['status']})",
         f"- predictions refined: {overall['samples']} of {stats['predictions']} "
         f"(no label row: {stats['no_label']}, no source sample: {stats['no_source']})",
-        f"- improved: {overall['improved']}, replaced: {overall['replaced']} "
-        f"(rejected for |beta| >= {stats['max_abs_beta']:g}: {overall['rejected_betas']}, "
-        f"for failing the filters: {overall['rejected_filters']})",
+        f"- improved by the margin ({stats['min_improvement']:.0%}): {overall['improved']}, replaced: "
+        f"{overall['replaced']} (rejected for |beta| >= {stats['max_abs_beta']:g}: {overall['rejected_betas']}, "
+        f"too few keypoints: {overall['rejected_keypoints']}, 3D rule: {overall['rejected_3d']})",
         f"- mean kp2d_err: {overall['kp2d_err_mean_before']} before, {overall['kp2d_err_mean_after']} after",
-        f"- passing the filters: {overall['passed_before']} before, {overall['passed_after']} after",
+        f"- labels that pass: {overall['passed_before']} before, {overall['passed_after']} after "
+        f"({overall['regained']} filtered samples regained one)",
         f"- SKELify: {stats['samples_per_second']} samples/s on {stats['device']}",
         f"- statistics: `{report['stats_path']}`",
     ]
@@ -160,13 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=256, help="samples per LBFGS problem")
     parser.add_argument("--latest", type=int, default=RefineConfig.latest, help="refine the latest M predictions")
     parser.add_argument("--max-abs-beta", type=float, default=RefineConfig.max_abs_beta)
-    parser.add_argument(
-        "--keep-passing",
-        action=argparse.BooleanOptionalAction,
-        default=RefineConfig.keep_passing,
-        help="never replace a label that passes the filters by one that fails them",
-    )
-    parser.add_argument("--steps", type=int, default=REFINER_STAGES[0].steps, help="LBFGS steps (the paper's 10)")
+    parser.add_argument("--steps", type=int, default=DEFAULT_STAGES[0].steps, help="LBFGS steps (the paper: 10)")
     parser.add_argument("--max-iter", type=int, default=SkelifyConfig.max_iter, help="iterations per LBFGS step")
     parser.add_argument("--round", type=int, help="the round to commit (default: the next one)")
     args = parser.parse_args(argv)
@@ -180,7 +171,6 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size,
         latest=args.latest,
         max_abs_beta=args.max_abs_beta,
-        keep_passing=args.keep_passing,
         steps=args.steps,
         max_iter=args.max_iter,
         round=args.round,

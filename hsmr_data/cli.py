@@ -201,16 +201,15 @@ def _dashboard(args: argparse.Namespace) -> int:
 
 def _refine(args: argparse.Namespace) -> int:
     from hsmr_data import refine
-    from hsmr_model.skelify import REFINER_STAGES, SkelifyConfig
+    from hsmr_model.skelify import SkelifyConfig
 
-    stages = (replace(REFINER_STAGES[0], steps=args.steps),)
+    stages = (replace(refine.DEFAULT_STAGES[0], steps=args.steps),)
     config = refine.RefineConfig(
         table_uri=args.table,
         dataset_dirs={args.dataset: args.dataset_dir},
         models_root=args.models,
         latest=args.latest,
         max_abs_beta=args.max_abs_beta,
-        keep_passing=args.keep_passing,
         skelify=SkelifyConfig(stages, max_iter=args.max_iter, batch_size=args.batch_size, device=args.device),
     )
     if not Path(args.predictions).is_file():
@@ -220,6 +219,15 @@ def _refine(args: argparse.Namespace) -> int:
         return 2
     result = refine.refine_round(refine.Refiner(config), refine.read_predictions(args.predictions), args.round)
     print(json.dumps(asdict(result), indent=2))
+    return 0
+
+
+def _study_refine(args: argparse.Namespace) -> int:
+    from hsmr_data.refine_study import StudyConfig, to_markdown, write_study
+
+    result = write_study(StudyConfig(args.models, args.work, people=args.people), args.out)
+    print(to_markdown(result))
+    print(f"written: {args.out}")
     return 0
 
 
@@ -456,13 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     refine.add_argument("--batch-size", type=int, default=256, help="samples per LBFGS problem")
     refine.add_argument("--latest", type=int, default=18_000, help="refine the latest M predictions")
     refine.add_argument("--max-abs-beta", type=float, default=2.0, help="replace only labels with max|beta| below")
-    refine.add_argument(
-        "--keep-passing",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="never replace a label that passes the filters by one that fails them",
-    )
-    refine.add_argument("--steps", type=int, default=10, help="LBFGS steps of the refiner (the paper's 10)")
+    refine.add_argument("--steps", type=int, default=3, help="LBFGS steps of the refiner (the paper's 10)")
     refine.add_argument("--max-iter", type=int, default=20, help="iterations per LBFGS step (torch's default 20)")
     refine.add_argument("--round", type=int, help="the round to commit (default: the next one)")
     refine.set_defaults(run=_refine)
@@ -510,6 +512,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     curves.add_argument("--out", default="storage/reports/learning_curves.png")
     curves.set_defaults(run=_curves)
+
+    study = commands.add_parser("study", help="studies on the synthetic world").add_subparsers(
+        dest="action", required=True
+    )
+    study_refine = study.add_parser("refine", help="refiner variants against the truth: 3D label error per case")
+    study_refine.add_argument("--models", default="storage/models", help="body models (the synthetic ones)")
+    study_refine.add_argument("--work", default="storage/study/refine", help="the study's world and round-0 table")
+    study_refine.add_argument("--people", type=int, default=256)
+    study_refine.add_argument("--out", default="storage/reports/study_refine.json", help="JSON; the table goes to .md")
+    study_refine.set_defaults(run=_study_refine)
 
     demo = commands.add_parser("demo", help="load the models, pose bodies, write meshes and renders")
     demo.add_argument("--models", default="storage/models")

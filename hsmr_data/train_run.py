@@ -24,7 +24,8 @@ from typing import Any
 
 from hsmr_data import distributed
 from hsmr_data.dashboard import DashboardConfig, LiveDashboard
-from hsmr_data.refine import RefineCallback, RefineConfig, Refiner
+from hsmr_data.refine import RefineConfig, Refiner
+from hsmr_data.refine_training import RefineCallback
 from hsmr_data.training import TrainConfig, Trainer
 
 RUN_FILE = "run.json"

@@ -297,7 +297,7 @@ class Trainer:
     ) -> TrainResult:
         """Train until config.steps (or `stop_after` more steps), checkpointing every checkpoint_every.
 
-        `on_step(trainer, step)` runs after each step and its checkpoint (e.g. `refine.RefineCallback`).
+        `on_step(trainer, step)` runs after each step and its checkpoint (e.g. `refine_training.RefineCallback`).
         Under DDP every rank runs this loop; the logged losses are those of the global batch and
         `on_log` is called in the main process only.
         """

@@ -11,6 +11,20 @@ square of its weight and averaged over the batch:
   the bounds too, so it also pulls towards the middle of the range);
 - depth (camera stage only): (ẑ − t_z)², ẑ = f · 3D torso length / 2D torso length.
 
+Two terms of ours, off in HSMR's stages, that keep a refinement near the prediction it starts from
+(`ANCHORED_REFINER_STAGES`; chosen on the synthetic world by `hsmr study refine`):
+
+- anchor: mean over the 44 keypoints of ‖k − k₀‖² in metres, both sets centred on their mean, k₀ the
+  starting pose's: the 2D evidence may move the pose, but a move the keypoints do not ask for (depth,
+  twists they cannot see) costs;
+- shape to the start: ‖β − β₀‖² in place of ‖β‖², which drags every body towards the mean shape.
+
+Hard joint limits (`SkelifyConfig.hard_limits`, on by default; HSMR has only the soft prior above): the
+optimiser's free variable of each limited DoF is u, with q = mid + half_range · (1 − ε) · sin(u), so every
+DoF stays inside its limits whatever LBFGS does (strong-Wolfe line search included, as the map is smooth),
+and a starting pose outside its limits starts at the nearest bound. ε (`LIMIT_MARGIN`) keeps a float32 q at
+a bound inside the float64 limits that Table 4's violations are measured against.
+
 Keypoints are normalised crop coordinates (`camera.to_crop_coordinates`) whose confidences have had
 the loader's floor applied (`filters.clean_confidences`). The 44 keypoints come from the skin through
 the keypoint regressor: on the "support" path only the vertices the regressor uses are skinned
@@ -42,6 +56,7 @@ CAMERA_KEYPOINTS = (1, 2, 5, 8, 9, 12, 27, 28, 33, 34, 39, 40, 41)  # torso keyp
 # The limited DoFs are all but the pelvis's: a slice, so that no index tensor is sent to a GPU per evaluation.
 _LIMITED = slice(C.LIMITED_DOFS[0], C.LIMITED_DOFS[-1] + 1)
 assert C.LIMITED_DOFS == tuple(range(C.NUM_DOFS))[_LIMITED]
+LIMIT_MARGIN = 1e-5  # relative: the reachable range is the limits shrunk by this share of the half range
 MIN_TORSO_SCALE = 1e-2  # normalised units (a torso is ~0.3): a degenerate observation must not blow up ρ's input
 
 
@@ -55,10 +70,16 @@ class Stage:
     angle: float = 0.0
     depth: float = 0.0
     camera_only: bool = False  # optimise translation and global orientation on the torso keypoints only
+    anchor: float = 0.0  # 3D keypoints near the starting pose's (ours, see the module docstring)
+    shape_to_start: bool = False  # shape prior ‖β − β₀‖² rather than ‖β‖² (ours)
 
 
 # The refiner HSMR runs inside training: one stage of 10 steps over everything.
 REFINER_STAGES = (Stage(steps=10, reprojection=1.0, shape=5.0, angle=4.78 * 0.17),)
+# Ours: the refiner's stage with the shape prior towards the prediction's β and a 3D anchor to its pose.
+ANCHORED_REFINER_STAGES = (
+    Stage(steps=10, reprojection=1.0, shape=5.0, angle=4.78 * 0.17, anchor=10.0, shape_to_start=True),
+)
 # The facts give the from-scratch angle weights "× 1.7 scale" but the refiner's 4.78 "× 0.17"; kept as read.
 FROM_SCRATCH_ANGLE_SCALE = 1.7
 
@@ -81,6 +102,7 @@ class SkelifyConfig:
     tolerance_grad: float = 1e-7
     tolerance_change: float = 1e-9
     keypoint_path: str = "support"  # "support": skin the regressor's vertices only; "mesh": the whole skin
+    hard_limits: bool = True  # limited DoFs optimised through q = mid + half_range·sin(u): never outside
     batch_size: int = 256  # samples per LBFGS problem (the loss is a batch mean, as in HSMR)
     device: str = "auto"  # "auto": CUDA when present
 
@@ -168,6 +190,12 @@ def joint_limit_prior(q: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor)
     return (torch.exp(lower - limited).square() + torch.exp(limited - upper).square()).mean(-1)
 
 
+def anchor_term(points: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+    """Mean squared distance of centred 3D keypoints to the centred starting ones: (B, K, 3), (B, K, 3) → (B,)."""
+    offsets = (points - points.mean(1, keepdim=True)) - (start - start.mean(1, keepdim=True))
+    return offsets.square().sum(-1).mean(-1)
+
+
 def depth_term(points: torch.Tensor, trans: torch.Tensor, scale: torch.Tensor, focal: float) -> torch.Tensor:
     """(ẑ − t_z)², ẑ = f · mean 3D torso-edge length / the observed 2D torso scale.
 
@@ -191,6 +219,18 @@ def keypoint_mask(stage: Stage, device: torch.device) -> torch.Tensor:
     return mask
 
 
+def bounded_dofs(free: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
+    """q = mid + half_range·(1 − LIMIT_MARGIN)·sin(u): unconstrained u (B, D) → DoFs inside [lower, upper] (D,)."""
+    middle, half = (upper + lower) / 2, (upper - lower) / 2 * (1 - LIMIT_MARGIN)
+    return middle + half * torch.sin(free)
+
+
+def unbounded_dofs(q: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
+    """The u of `bounded_dofs` for DoFs q (B, D), those outside the limits taken at the nearest bound."""
+    middle, half = (upper + lower) / 2, (upper - lower) / 2 * (1 - LIMIT_MARGIN)
+    return torch.asin(((q - middle) / half).clamp(-1.0, 1.0))
+
+
 def limit_tensors(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Lower and upper limits (D,) of the DoFs C.LIMITED_DOFS, float32."""
     lower, upper = C.dof_limits()
@@ -204,15 +244,19 @@ class Problem:
     """One batch being optimised: the free tensors and what the objective compares them with."""
 
     orient: torch.Tensor  # (B, 3) q[0:3]
-    body: torch.Tensor  # (B, 43) q[3:46]
+    body: torch.Tensor  # (B, 43) q[3:46], or their u of `bounded_dofs` with hard limits
     betas: torch.Tensor  # (B, 10)
     trans: torch.Tensor  # (B, 3) the optimiser's camera translation
     keypoints: torch.Tensor  # (B, 44, 3)
     scale: torch.Tensor  # (B,)
+    start_points: torch.Tensor  # (B, 44, 3) the starting pose's keypoints (anchor term)
+    start_betas: torch.Tensor  # (B, 10)
     limits: tuple[torch.Tensor, torch.Tensor] = field(repr=False)
+    hard_limits: bool = False
 
     def q(self) -> torch.Tensor:
-        return torch.cat([self.orient, self.body], dim=1)
+        body = bounded_dofs(self.body, *self.limits) if self.hard_limits else self.body
+        return torch.cat([self.orient, body], dim=1)
 
     def free(self, stage: Stage) -> list[torch.Tensor]:
         return [self.orient, self.trans] if stage.camera_only else [self.orient, self.body, self.betas, self.trans]
@@ -300,15 +344,20 @@ class Skelify:
         points = self.keypoints_3d(q, betas)
         trans = camera.fit_translation(points.cpu(), keypoints.cpu()).to(self.device)
         scale = torso_scale(keypoints, model_torso_scale(camera.project(points, trans)))
+        limits = limit_tensors(self.device)
+        body = unbounded_dofs(q[:, _LIMITED], *limits) if self.config.hard_limits else q[:, 3:]
         return Problem(
             orient=q[:, :3].clone().requires_grad_(True),
-            body=q[:, 3:].clone().requires_grad_(True),
+            body=body.clone().requires_grad_(True),
             betas=betas.clone().requires_grad_(True),
             # LBFGS flattens gradients with view(): the solver's translation comes back transposed.
             trans=trans.contiguous().clone().requires_grad_(True),
             keypoints=keypoints,
             scale=scale,
-            limits=limit_tensors(self.device),
+            start_points=points,
+            start_betas=betas,
+            limits=limits,
+            hard_limits=self.config.hard_limits,
         )
 
     def objective(self, problem: Problem, stage: Stage, mask: torch.Tensor) -> torch.Tensor:
@@ -318,7 +367,10 @@ class Skelify:
         projected = camera.project(points, problem.trans)
         loss = stage.reprojection**2 * reprojection_term(projected, problem.keypoints, problem.scale, mask)
         if stage.shape:
-            loss = loss + stage.shape**2 * shape_prior(problem.betas)
+            shape = problem.betas - problem.start_betas if stage.shape_to_start else problem.betas
+            loss = loss + stage.shape**2 * shape_prior(shape)
+        if stage.anchor:
+            loss = loss + stage.anchor**2 * anchor_term(points, problem.start_points)
         if stage.angle:
             loss = loss + stage.angle**2 * joint_limit_prior(q, *problem.limits)
         if stage.depth:

@@ -17,10 +17,11 @@ import torch
 
 from flows.refine import refine_round_flow
 from flows.settings import artifact_key
-from hsmr_data import cli, conversion, export, refine
+from hsmr_data import cli, conversion, export, refine, training_samples
 from hsmr_data import label_table as lt
 from hsmr_data.conversion import ConvertConfig
-from hsmr_data.refine import Decision, RefineCallback, RefineConfig, Refiner, TableLabels
+from hsmr_data.refine import Decision, RefineConfig, Refiner
+from hsmr_data.refine_training import RefineCallback, TableLabels
 from hsmr_data.synthetic.world import SynthConfig, generate_dataset
 from hsmr_data.train_data import AugmentConfig, MixedSampler, ShardDataset, TrainingBatches
 from hsmr_data.training import TrainConfig, Trainer
@@ -92,24 +93,23 @@ def _without_timings(labels: pa.Table) -> pa.Table:
 
 
 # --------------------------------------------------------------------------------------- decisions
-def test_decision_needs_a_lower_error_small_betas_and_keeps_passing_labels():
+def test_a_refined_label_is_judged_by_its_own_rules_not_the_conversions():
+    """Better reprojection (by the margin), max|β| < 2, enough keypoints, the 3D-safe rule: each can refuse;
+    the stored label's own verdict (conversion's maxPVE) does not, so a filtered sample can regain a label."""
     decision = Decision(
-        old_err=np.array([1.0, 1.0, 1.0, 1.0, np.nan, 1.0]),
-        new_err=np.array([0.5, 1.5, 0.5, 0.5, 0.1, np.nan]),
-        betas_ok=np.array([True, True, False, True, True, True]),
-        passed_old=np.array([True, True, True, True, False, False]),
-        passed_new=np.array([True, True, True, False, True, True]),
-        keep_passing=True,
+        old_err=np.array([1.0, 1.0, 1.0, 1.0, np.nan, 1.0, 1.0, 1.0]),
+        new_err=np.array([0.5, 1.5, 0.5, 0.5, 0.1, np.nan, 0.5, 0.95]),
+        betas_ok=np.array([True, True, False, True, True, True, True, True]),
+        keypoints_ok=np.array([True, True, True, False, True, True, True, True]),
+        safe_3d=np.array([True, True, True, True, True, True, False, True]),
+        passed_old=np.array([False, True, True, True, False, False, True, True]),
     )
-    assert decision.replace.tolist() == [True, False, False, False, False, False]
-    assert replace(decision, keep_passing=False).replace.tolist() == [True, False, False, True, False, False]
+    assert decision.replace.tolist() == [True, False, False, False, False, False, False, True]
+    assert replace(decision, min_improvement=0.1).replace.tolist() == [True] + [False] * 7
     summary = decision.summary()
-    assert (summary["improved"], summary["replaced"], summary["rejected_betas"], summary["rejected_filters"]) == (
-        3,
-        1,
-        1,
-        1,
-    )
+    counts = ("improved", "replaced", "rejected_betas", "rejected_keypoints", "rejected_3d", "regained")
+    assert tuple(summary[name] for name in counts) == (5, 2, 1, 1, 1, 1)
+    assert summary["passed_after"] == 6
 
 
 def test_latest_predictions_are_picked_by_step_and_fingerprinted():
@@ -140,7 +140,7 @@ def test_round_replaces_only_better_labels_and_scores_them_like_conversion(first
         assert n["kp2d_err"] <= o["kp2d_err"]  # never worse
         if n["round"] == 1:
             assert n["kp2d_err"] < o["kp2d_err"] and max(abs(b) for b in n["betas"]) < 2.0
-            assert n["passed"] or not o["passed"]
+            assert n["passed"] and n["pve_ok"] and n["betas_ok"] and n["keypoints_ok"]  # its own verdict
             assert n["source"] == "skelify-round-1" and n["chunk_id"] == o["chunk_id"]
         else:
             assert n == o
@@ -152,6 +152,34 @@ def test_round_replaces_only_better_labels_and_scores_them_like_conversion(first
     q, betas = (torch.tensor([n[name] for _, n in changed]) for name in ("q", "betas"))
     _, recomputed = refiner.skelify.score(q, betas, torch.as_tensor(keypoints))
     assert np.allclose(recomputed.numpy(), [n["kp2d_err"] for _, n in changed], rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_sample_filtered_at_conversion_regains_a_label_that_the_export_trains_on(world, tmp_path):
+    """A label the conversion filtered out (a wrong SMPL fit: 1 m maxPVE, the pose off by 0.4 rad) is replaced
+    by a refined one that reprojects better; the refined row passes by its own verdict and the export gives
+    the sample its pose again (has_pose = 1, the refined q)."""
+    labels = lt.read_labels(_table(world, tmp_path, "round0")).to_pylist()
+    target = labels[0]["sample_id"]
+    rows = [{k: v for k, v in row.items() if k not in lt.COMMIT_COLUMNS} for row in labels]
+    rows[0] |= {"q": [value + 0.4 for value in rows[0]["q"]], "kp2d_err": 1.0, "pve_max": 1.0}
+    rows[0] |= {"pve_ok": False, "passed": False}
+    table = str(tmp_path / "filtered")
+    lt.commit_chunk(table, lt.validate_rows(pa.Table.from_pylist(rows, schema=lt.INPUT_SCHEMA)), "test")
+    shards = {"synth": str(world["root"] / "synth")}
+    before = _exported(export.export_shards(table, shards, tmp_path / "before").index)
+    assert before[target]["has_pose"] == 0
+
+    result = refine.refine_round(Refiner(_config(world, table)), refine.read_predictions(world["predictions"]))
+    row = next(r for r in lt.read_labels(table).to_pylist() if r["sample_id"] == target)
+    assert row["round"] == 1 and row["passed"] and row["pve_max"] > 0.06  # kept by its verdict, not by maxPVE
+    assert result.stats["all"]["regained"] >= 1
+    after = _exported(export.export_shards(table, shards, tmp_path / "after").index)
+    assert after[target]["has_pose"] == 1 and np.allclose(after[target]["q"], row["q"], atol=1e-6)
+
+
+def _exported(index: str) -> dict[str, dict]:
+    return {sample["sample_id"]: sample for sample in training_samples.iter_training_samples(index)}
 
 
 @pytest.mark.slow
