@@ -38,6 +38,7 @@ from hsmr_data.cli import add_dataset_arguments, dataset_arguments
 from hsmr_data.conversion import Chunk, ChunkOutcome, ConvertConfig, Converter
 from hsmr_data.datasets import parse_datasets
 from hsmr_data.filters import FilterConfig
+from hsmr_data.layout import DEFAULT as STORAGE
 from hsmr_model.skel_fit import SkelFitConfig
 
 FLOW_NAME = "convert-smpl-to-skel"
@@ -46,7 +47,7 @@ FLOW_NAME = "convert-smpl-to-skel"
 def convert_config(
     dataset_dir: str | None,
     table_uri: str,
-    models_root: str = "storage/models",
+    models_root: str = STORAGE.models,
     dataset: str = "synth",
     device: str = "auto",
     batch_size: int | None = None,
@@ -92,8 +93,8 @@ def convert_chunk(converter: Converter, chunk: Chunk) -> ChunkOutcome:
 @flow(name=FLOW_NAME, task_runner=ThreadPoolTaskRunner(max_workers=1), persist_result=False)
 def convert_smpl_to_skel(
     dataset_dir: str | None = None,
-    table_uri: str = "storage/labels/synth",
-    models_root: str = "storage/models",
+    table_uri: str = STORAGE.table(),
+    models_root: str = STORAGE.models,
     dataset: str = "synth",
     device: str = "auto",
     batch_size: int | None = None,
@@ -245,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.convert", description=__doc__.split("\n\n")[0])
     add_dataset_arguments(parser)
     parser.add_argument("--table", required=True, help="label table URI (a folder or any URI deltalake opens)")
-    parser.add_argument("--models", default="storage/models", help="body models in the standard layout")
+    parser.add_argument("--models", default=STORAGE.models, help="body models in the standard layout")
     parser.add_argument("--device", default="auto", help='"auto", "cpu", "cuda", "cuda:1", ...')
     parser.add_argument("--batch-size", type=int, help="fitting batch (default: 256 on the CPU, by memory on CUDA)")
     parser.add_argument("--runner", choices=("threads", "dask"), default="threads")

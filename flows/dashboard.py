@@ -21,12 +21,13 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 
 from flows.settings import artifact_key
 from hsmr_data.dashboard import DashboardConfig, LiveDashboard, page_next_to, summary_markdown, write_dashboard
+from hsmr_data.layout import DEFAULT as STORAGE
 
 FLOW_NAME = "label-dashboard"
-DEFAULT_TABLE = "storage/labels/synth"
-DEFAULT_DATASET_DIR = "storage/datasets/synth"
-DEFAULT_MODELS = "storage/models"
-DEFAULT_OUT = "storage/reports/label_dashboard.html"
+DEFAULT_TABLE = STORAGE.table()
+DEFAULT_DATASET_DIR = STORAGE.dataset()
+DEFAULT_MODELS = STORAGE.models
+DEFAULT_OUT = STORAGE.dashboard
 
 
 @flow(name=FLOW_NAME, persist_result=False)

@@ -22,11 +22,13 @@ from flows.settings import artifact_key
 from hsmr_data.datasets import parse_datasets
 from hsmr_data.export import export_hsmr_tars
 from hsmr_data.export import export_shards as export_library
+from hsmr_data.layout import DEFAULT as STORAGE
+from hsmr_data.layout import DEMO_DATASET
 
 FLOW_NAME = "export-shards"
-DEFAULT_TABLE = "storage/labels/synth"
-DEFAULT_DATASETS = {"synth": "storage/datasets/synth"}
-DEFAULT_OUT = "storage/shards"
+DEFAULT_TABLE = STORAGE.table()
+DEFAULT_DATASETS = {DEMO_DATASET: STORAGE.dataset()}
+DEFAULT_OUT = STORAGE.shards
 
 
 @flow(name=FLOW_NAME, persist_result=False)

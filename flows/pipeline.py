@@ -29,25 +29,27 @@ from flows.predict import predict_flow
 from flows.refine import refine_round_flow
 from flows.train import train_hsmr
 from hsmr_data.evaluate import EvalConfig, evaluate, write_report
+from hsmr_data.layout import DEFAULT as STORAGE
+from hsmr_data.layout import DEMO_DATASET, DataRoot
 from hsmr_data.synthetic.body_models import ensure_synthetic_models
 from hsmr_data.synthetic.world import SynthConfig, generate_dataset
 
 FLOW_NAME = "pipeline"
-DATASET = "synth"
+DATASET = DEMO_DATASET
 
 
 def pipeline_paths(root: str | Path) -> dict[str, str]:
-    """Where each step reads and writes under the data root."""
-    root = Path(root)
+    """Where each step reads and writes under the data root (`hsmr_data.layout`)."""
+    layout = DataRoot(str(root))
     return {
-        "models": str(root / "models"),
-        "dataset": str(root / "datasets" / DATASET),
-        "table": str(root / "labels" / DATASET),
-        "shards": str(root / "shards"),
-        "run": str(root / "runs" / "hsmr-tiny"),
-        "reports": str(root / "reports"),
-        "test_reports": str(root / "reports" / "test"),
-        "dashboard": str(root / "reports" / "label_dashboard.html"),
+        "models": layout.models,
+        "dataset": layout.dataset(DATASET),
+        "table": layout.table(DATASET),
+        "shards": layout.shards,
+        "run": layout.run(),
+        "reports": layout.reports,
+        "test_reports": layout.report("test"),
+        "dashboard": layout.dashboard,
     }
 
 
@@ -73,7 +75,7 @@ def ensure_dataset(dataset_dir: str, models_root: str, count: int, seed: int) ->
 
 @flow(name=FLOW_NAME, persist_result=False)
 def pipeline(
-    root: str = "storage",
+    root: str = STORAGE.root,
     count: int = 256,
     seed: int = 0,
     train_steps: int = 120,
@@ -141,7 +143,7 @@ def pipeline(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.pipeline", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", default="storage", help="data root: models, datasets, labels, shards, runs, reports")
+    parser.add_argument("--root", default=STORAGE.root, help="data root (hsmr_data.layout)")
     parser.add_argument("--count", type=int, default=256, help="people in the synthetic dataset")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-steps", type=int, default=120, help="a tiny network on the CPU: ~1-3 s a step")

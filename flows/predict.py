@@ -20,9 +20,10 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
 from hsmr_data import predict as P
+from hsmr_data.layout import DEFAULT as STORAGE
 
 FLOW_NAME = "predict"
-DEFAULT_CHECKPOINT = "storage/runs/hsmr-tiny"  # the train-hsmr flow's default run
+DEFAULT_CHECKPOINT = STORAGE.run()  # the train-hsmr flow's default run
 
 
 @task(name="predict", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE, persist_result=False)
@@ -56,9 +57,9 @@ def predict_flow(
     datasets: list[str] | None = None,
     images: str | None = None,
     boxes: str | None = None,
-    out: str = "storage/predictions/predictions.parquet",
+    out: str = STORAGE.predictions,
     overlays: str | None = None,
-    models_root: str = "storage/models",
+    models_root: str = STORAGE.models,
     batch_size: int = 32,
     device: str = "auto",
 ) -> dict[str, Any]:
@@ -84,9 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", action="append", help="NAME=SPEC of HMR2.0-style tars (repeatable)")
     parser.add_argument("--images", help="a folder of images (with --boxes)")
     parser.add_argument("--boxes", help="boxes.json: image name → its people's boxes")
-    parser.add_argument("--out", default="storage/predictions/predictions.parquet")
+    parser.add_argument("--out", default=STORAGE.predictions)
     parser.add_argument("--overlays", help="folder for one overlay PNG per image")
-    parser.add_argument("--models", default="storage/models")
+    parser.add_argument("--models", default=STORAGE.models)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)

@@ -24,20 +24,21 @@ from prefect.cache_policies import NO_CACHE
 from flows.dashboard import live_page
 from flows.settings import artifact_key
 from hsmr_data import refine
+from hsmr_data.layout import DEFAULT as STORAGE
 from hsmr_data.refine import RefineConfig, Refiner, RoundResult
 from hsmr_model.skelify import REFINER_STAGES, SkelifyConfig
 
 FLOW_NAME = "refine-round"
-DEFAULT_PREDICTIONS = "storage/runs/hsmr-tiny/predictions.parquet"  # the train-hsmr flow's default run
-DEFAULT_TABLE = "storage/labels/synth"
-DEFAULT_DATASET_DIR = "storage/datasets/synth"
+DEFAULT_PREDICTIONS = STORAGE.run_predictions()  # the train-hsmr flow's default run
+DEFAULT_TABLE = STORAGE.table()
+DEFAULT_DATASET_DIR = STORAGE.dataset()
 
 
 def refine_config(
     table_uri: str = DEFAULT_TABLE,
     dataset_dir: str = DEFAULT_DATASET_DIR,
     dataset: str = "synth",
-    models_root: str = "storage/models",
+    models_root: str = STORAGE.models,
     device: str = "auto",
     batch_size: int = 256,
     latest: int = RefineConfig.latest,
@@ -83,7 +84,7 @@ def refine_round_flow(
     table_uri: str = DEFAULT_TABLE,
     dataset_dir: str = DEFAULT_DATASET_DIR,
     dataset: str = "synth",
-    models_root: str = "storage/models",
+    models_root: str = STORAGE.models,
     device: str = "auto",
     batch_size: int = 256,
     latest: int = RefineConfig.latest,
@@ -155,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--table", default=DEFAULT_TABLE, help="label table URI")
     parser.add_argument("--dataset-dir", default=DEFAULT_DATASET_DIR, help="the source dataset (shards/*.tar)")
     parser.add_argument("--dataset", default="synth", help="the dataset name in the predictions and the table")
-    parser.add_argument("--models", default="storage/models", help="body models in the standard layout")
+    parser.add_argument("--models", default=STORAGE.models, help="body models in the standard layout")
     parser.add_argument("--device", default="auto", help='"auto" (CUDA when present), "cpu", "cuda:1", ...')
     parser.add_argument("--batch-size", type=int, default=256, help="samples per LBFGS problem")
     parser.add_argument("--latest", type=int, default=RefineConfig.latest, help="refine the latest M predictions")

@@ -31,6 +31,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.settings import artifact_key
 from hsmr_data import label_table, sequences
+from hsmr_data.layout import DEFAULT as STORAGE
 from hsmr_data.sequences import SequenceConfig, SequenceConverter, SequenceOutcome
 from hsmr_model.model_files import BodyModelPaths
 from hsmr_model.skel_fit import SkelFitConfig
@@ -56,7 +57,7 @@ def convert_sequence(
 def convert_sequences(
     input_path: str,
     out_dir: str,
-    models_root: str = "storage/models",
+    models_root: str = STORAGE.models,
     table_uri: str | None = None,
     dataset: str = "motion",
     device: str = "auto",
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.sequences", description=__doc__.split("\n\n")[0])
     parser.add_argument("--input", required=True, help="a sequence .npz or a folder of them (recursive)")
     parser.add_argument("--out", required=True, help="folder for one SKEL .npz per sequence")
-    parser.add_argument("--models", default="storage/models", help="body models in the standard layout")
+    parser.add_argument("--models", default=STORAGE.models, help="body models in the standard layout")
     parser.add_argument("--table", help="also commit one row per frame to this label table")
     parser.add_argument("--dataset", default="motion", help="dataset name of the table rows")
     parser.add_argument("--device", default="auto", help='"auto", "cpu", "cuda", "cuda:1", ...')

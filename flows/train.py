@@ -26,12 +26,13 @@ from flows.settings import artifact_key
 from hsmr_data import train_run
 from hsmr_data.cli import add_train_arguments
 from hsmr_data.dashboard import page_next_to
+from hsmr_data.layout import DEFAULT as STORAGE
 from hsmr_data.train_run import InTrainingRefinement, TrainingRun
 from hsmr_data.training import make_config
 
 FLOW_NAME = "train-hsmr"
-DEFAULT_SHARDS = "storage/shards"
-DEFAULT_OUT = "storage/runs/hsmr-tiny"
+DEFAULT_SHARDS = STORAGE.shards
+DEFAULT_OUT = STORAGE.run()
 
 
 def latest_index(shards_dir: str | Path = DEFAULT_SHARDS) -> str:
@@ -47,7 +48,7 @@ def train_hsmr(
     indexes: list[str] | None = None,
     out_dir: str = DEFAULT_OUT,
     weights: list[float] | None = None,
-    models_root: str = "storage/models",
+    models_root: str = STORAGE.models,
     recipe: str | None = None,
     size: str | None = None,
     pose_target: str | None = None,
@@ -62,8 +63,8 @@ def train_hsmr(
     refine_every: int = 0,
     refine_warmup: int = 5000,
     refine_latest: int = 18_000,
-    table_uri: str = "storage/labels/synth",
-    dataset_dir: str = "storage/datasets/synth",
+    table_uri: str = STORAGE.table(),
+    dataset_dir: str = STORAGE.dataset(),
     dashboard_path: str | None = None,
 ) -> dict[str, Any]:
     """Train on the datasets of `indexes` (default: the latest export) mixed by `weights`, with the

@@ -40,6 +40,7 @@ import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
+from hsmr_data.layout import DEFAULT as STORAGE
 from hsmr_model.model_files import BodyModelPaths, ModelFileError
 
 
@@ -342,7 +343,7 @@ def add_train_arguments(parser: argparse.ArgumentParser, index_required: bool, d
     parser.add_argument("--weight", action="append", type=float, help="mixing weight per --index")
     out_help = "run folder: checkpoint, metrics.jsonl, predictions.parquet"
     parser.add_argument("--out", required=default_out is None, default=default_out, help=out_help)
-    parser.add_argument("--models", default="storage/models")
+    parser.add_argument("--models", default=STORAGE.models)
     recipes = "named settings (hsmr_data.training.RECIPES): paper (ViT-B/H on a GPU), cpu (from scratch on a CPU)"
     parser.add_argument("--recipe", choices=("paper", "cpu"), help=recipes + "; the options below override it")
     parser.add_argument("--size", choices=("tiny", "small", "B", "H"), help="default: the recipe's, else tiny")
@@ -371,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.set_defaults(run=_synth)
 
     check = models.add_parser("check", help="load and validate model files, print a summary")
-    check.add_argument("--root", default="storage/models", help="folder in the standard layout")
+    check.add_argument("--root", default=STORAGE.models, help="folder in the standard layout")
     check.add_argument("--smpl", help="SMPL_NEUTRAL.pkl or .npz (overrides the layout)")
     check.add_argument("--skel-male", help="skel_male.pkl")
     check.add_argument("--skel-female", help="skel_female.pkl")
@@ -394,13 +395,13 @@ def build_parser() -> argparse.ArgumentParser:
     held_out = "share of the people held out as a dataset of its own in OUT/{}"
     data_synth.add_argument("--val-fraction", type=float, default=0.1, help=held_out.format("val"))
     data_synth.add_argument("--test-fraction", type=float, default=0.1, help=held_out.format("test"))
-    data_synth.add_argument("--models", default="storage/models", help="body models (synthetic ones written if absent)")
+    data_synth.add_argument("--models", default=STORAGE.models, help="body models (synthetic ones written if absent)")
     data_synth.set_defaults(run=_data_synth)
 
     convert = commands.add_parser("convert", help="convert SMPL pseudo-GT shards into SKEL labels (round 0)")
     add_dataset_arguments(convert)
     convert.add_argument("--table", required=True, help="label table URI (a folder or any URI deltalake opens)")
-    convert.add_argument("--models", default="storage/models", help="body models in the standard layout")
+    convert.add_argument("--models", default=STORAGE.models, help="body models in the standard layout")
     convert.add_argument("--device", default="auto", help='"auto" (CUDA when present), "cpu", "cuda:1", ...')
     convert.add_argument("--batch-size", type=int, help="fitting batch (default: 256 on the CPU, by memory on CUDA)")
     convert.set_defaults(run=_convert)
@@ -408,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert_seq = commands.add_parser("convert-seq", help="SMPL motion sequences (AMASS-style .npz) to SKEL sequences")
     convert_seq.add_argument("--input", required=True, help="a sequence .npz or a folder of them (recursive)")
     convert_seq.add_argument("--out", required=True, help="folder for one SKEL .npz per sequence (existing ones kept)")
-    convert_seq.add_argument("--models", default="storage/models", help="body models (SMPL of each gender, SKEL)")
+    convert_seq.add_argument("--models", default=STORAGE.models, help="body models (SMPL of each gender, SKEL)")
     convert_seq.add_argument("--device", default="auto", help='"auto" (CUDA when present), "cpu", "cuda:1", ...')
     convert_seq.add_argument("--batch-size", type=int, default=256, help="frames fitted together")
     convert_seq.add_argument("--overlap", type=int, default=8, help="frames each batch shares with the previous one")
@@ -421,37 +422,35 @@ def build_parser() -> argparse.ArgumentParser:
     data_motion.add_argument("--out", required=True, help="output folder (sequences/, truth/)")
     data_motion.add_argument("--frames", type=int, default=150, help="frames per sequence (30 per second)")
     data_motion.add_argument("--seed", type=int, default=0)
-    data_motion.add_argument("--models", default="storage/models", help="body models (synthetic if absent)")
+    data_motion.add_argument("--models", default=STORAGE.models, help="body models (synthetic if absent)")
     data_motion.set_defaults(run=_data_motion)
 
     evaluation = commands.add_parser("eval", help="score the labels (and predictions) against the synthetic truth")
     evaluation.add_argument("--dataset-dir", required=True, help="folder holding shards/*.tar and truth/")
     evaluation.add_argument("--table", help="label table URI; omit it for held-out people, who have no labels")
-    evaluation.add_argument("--models", default="storage/models", help="body models in the standard layout")
+    evaluation.add_argument("--models", default=STORAGE.models, help="body models in the standard layout")
     evaluation.add_argument("--predictions", help="a training run's predictions.parquet")
     evaluation.add_argument("--truth", help="ground-truth Parquet (default: DATASET_DIR/truth/ground_truth.parquet)")
     evaluation.add_argument("--dataset", default="synth", help="dataset name of the shards' samples")
-    evaluation.add_argument("--out", default="storage/reports/eval", help="folder for evaluation.json and .md")
+    evaluation.add_argument("--out", default=STORAGE.report("eval"), help="folder for evaluation.json and .md")
     evaluation.set_defaults(run=_eval)
 
     dashboard = commands.add_parser("dashboard", help="write the label-quality HTML page of a label table")
-    dashboard.add_argument("--table", default="storage/labels/synth", help="label table URI")
-    dashboard.add_argument(
-        "--dataset-dir", default="storage/datasets/synth", help='shards (gallery) and truth/; "" for none'
-    )
-    dashboard.add_argument("--models", default="storage/models", help="body models in the standard layout")
+    dashboard.add_argument("--table", default=STORAGE.table(), help="label table URI")
+    dashboard.add_argument("--dataset-dir", default=STORAGE.dataset(), help='shards (gallery) and truth/; "" for none')
+    dashboard.add_argument("--models", default=STORAGE.models, help="body models in the standard layout")
     dashboard.add_argument("--truth", help="ground-truth Parquet (default: DATASET_DIR/truth/ground_truth.parquet)")
     dashboard.add_argument("--dataset", default="synth", help="dataset name of the shards' samples")
     dashboard.add_argument("--gallery-size", type=int, default=8, help="worst labels shown per dataset")
-    dashboard.add_argument("--out", default="storage/reports/label_dashboard.html", help="the page to write")
+    dashboard.add_argument("--out", default=STORAGE.dashboard, help="the page to write")
     dashboard.set_defaults(run=_dashboard)
 
     refine = commands.add_parser("refine", help="one SKELify refinement round on a training run's predictions")
-    refine.add_argument("--predictions", default="storage/runs/hsmr-tiny/predictions.parquet")
-    refine.add_argument("--table", default="storage/labels/synth", help="label table URI")
-    refine.add_argument("--dataset-dir", default="storage/datasets/synth", help="the source dataset (shards/*.tar)")
+    refine.add_argument("--predictions", default=STORAGE.run_predictions())
+    refine.add_argument("--table", default=STORAGE.table(), help="label table URI")
+    refine.add_argument("--dataset-dir", default=STORAGE.dataset(), help="the source dataset (shards/*.tar)")
     refine.add_argument("--dataset", default="synth", help="the dataset name in the predictions and the table")
-    refine.add_argument("--models", default="storage/models", help="body models in the standard layout")
+    refine.add_argument("--models", default=STORAGE.models, help="body models in the standard layout")
     refine.add_argument("--device", default="auto", help='"auto" (CUDA when present), "cpu", "cuda:1", ...')
     refine.add_argument("--batch-size", type=int, default=256, help="samples per LBFGS problem")
     refine.add_argument("--latest", type=int, default=18_000, help="refine the latest M predictions")
@@ -499,7 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--overlays", help="with --images: a folder for one overlay PNG per image")
     predict.add_argument("--out", default="predictions.parquet", help="the Parquet table to write")
-    predict.add_argument("--models", default="storage/models", help="body models in the standard layout")
+    predict.add_argument("--models", default=STORAGE.models, help="body models in the standard layout")
     predict.add_argument("--batch-size", type=int, default=32)
     predict.add_argument("--device", default="auto", help='"auto" (CUDA when present), "cpu", "cuda:1", ...')
     predict.set_defaults(run=_predict)
@@ -508,12 +507,12 @@ def build_parser() -> argparse.ArgumentParser:
     curves.add_argument(
         "--run", dest="runs", action="append", required=True, help="[LABEL=]RUN folder or metrics.jsonl (repeatable)"
     )
-    curves.add_argument("--out", default="storage/reports/learning_curves.png")
+    curves.add_argument("--out", default=STORAGE.report("learning_curves.png"))
     curves.set_defaults(run=_curves)
 
     demo = commands.add_parser("demo", help="load the models, pose bodies, write meshes and renders")
-    demo.add_argument("--models", default="storage/models")
-    demo.add_argument("--out", default="storage/demo")
+    demo.add_argument("--models", default=STORAGE.models)
+    demo.add_argument("--out", default=STORAGE.demo)
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(run=_demo)
     return parser

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from hsmr_data import label_table
+from hsmr_data import label_table, layout
 from hsmr_data.datasets import DatasetSpec, shard_label
 from hsmr_data.filters import FilterConfig, apply_filters, clean_confidences
 from hsmr_data.hmr2_format import read_shards
@@ -44,7 +44,7 @@ class ConvertConfig:
 
     dataset_dir: str | None  # a plain dataset (a folder holding shards/*.tar, or any SPEC) named `dataset`
     table_uri: str  # the label table (a local path or any URI deltalake opens)
-    models_root: str = "storage/models"
+    models_root: str = layout.DEFAULT.models
     dataset: str = "synth"
     skel_sex: str = "male"  # HSMR labels with the male SKEL model; there is no neutral one
     fit: SkelFitConfig = field(default_factory=SkelFitConfig)
@@ -70,7 +70,7 @@ class ConvertConfig:
         if self.quarantine_root is not None:
             return Path(self.quarantine_root) / spec.name
         local = spec.local_dir
-        return local / "quarantine" if local is not None else Path("storage/quarantine") / spec.name
+        return local / "quarantine" if local is not None else Path(layout.DEFAULT.quarantine(spec.name))
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
-from hsmr_data import label_table
+from hsmr_data import label_table, layout
 from hsmr_data.evaluate import SKEL_SEX, load_samples
 from hsmr_data.records import PersonSample
 from hsmr_data.synthetic.world import CROP_SIZE, crop_image, draw_keypoints
@@ -96,7 +96,7 @@ DEFAULT_RELOAD_S = 5  # how often a live page reloads itself
 class DashboardConfig:
     table_uri: str
     dataset_dir: str | None = None  # shards for the gallery; its truth/ground_truth.parquet when present
-    models_root: str = "storage/models"
+    models_root: str = layout.DEFAULT.models
     truth_path: str | None = None  # defaults to dataset_dir/truth/ground_truth.parquet if that exists
     dataset: str = "synth"  # the name read_shards gives the samples of dataset_dir
     gallery_size: int = 8

@@ -39,7 +39,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from hsmr_data import label_table
+from hsmr_data import label_table, layout
 from hsmr_data.datasets import DatasetSpec
 from hsmr_data.filters import FilterConfig, clean_confidences
 from hsmr_data.hmr2_format import read_shards
@@ -61,7 +61,7 @@ SKEL_SEX = "male"  # the labels and the synthetic world use the male SKEL model
 class EvalConfig:
     dataset_dir: str  # holds shards/*.tar and, by default, truth/ground_truth.parquet
     table_uri: str | None = None  # the label table; None: no label rows (e.g. a held-out split)
-    models_root: str = "storage/models"
+    models_root: str = layout.DEFAULT.models
     predictions_path: str | None = None  # a training run's predictions.parquet
     truth_path: str | None = None
     dataset: str = "synth"

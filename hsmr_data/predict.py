@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image, ImageDraw
 
+from hsmr_data import layout
 from hsmr_data.datasets import DatasetSpec
 from hsmr_data.export import crop_image_bilinear, crop_side
 from hsmr_data.hmr2_format import read_shards
@@ -49,7 +50,7 @@ TIGHT_BOX_MARGIN = 1.2  # crop side / longer side of a tight box: how the traini
 @dataclass(frozen=True)
 class PredictConfig:
     checkpoint: str  # a training run folder, or its checkpoint.pt
-    models_root: str = "storage/models"
+    models_root: str = layout.DEFAULT.models
     batch_size: int = 32
     device: str = "auto"
 

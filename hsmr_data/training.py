@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from hsmr_data import distributed
+from hsmr_data import distributed, layout
 from hsmr_data.train_data import AugmentConfig, MixedSampler, ShardDataset, TrainingBatches, unaugment_q
 from hsmr_model.losses import LossTargets, LossWeights, hsmr_loss, predicted_keypoints
 from hsmr_model.model_files import BodyModelPaths, read_keypoint_regressor
@@ -45,7 +45,7 @@ class TrainConfig:
     indexes: tuple[str, ...]  # wids-style index.json of each exported dataset
     out_dir: str
     weights: tuple[float, ...] | None = None  # mixing weight per dataset (default: equal)
-    models_root: str = "storage/models"
+    models_root: str = layout.DEFAULT.models
     skel_sex: str = "male"
     size: str = "tiny"  # "tiny" (CPU), "B", "H" (the paper's)
     pose_target: str = "88d"  # or "euler": the paper's ablation
