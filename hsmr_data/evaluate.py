@@ -43,6 +43,7 @@ from hsmr_data import label_table, layout
 from hsmr_data.datasets import DatasetSpec
 from hsmr_data.filters import FilterConfig, clean_confidences
 from hsmr_data.hmr2_format import read_shards
+from hsmr_data.progress import Progress
 from hsmr_data.quarantine import Quarantine
 from hsmr_data.records import PersonSample
 from hsmr_model import camera
@@ -254,11 +255,15 @@ def evaluate(config: EvalConfig, models: EvalModels | None = None) -> dict[str, 
     split = np.array([truth[i]["split"] for i in ids])
     true_q, true_betas = np.array([truth[i]["q"] for i in ids]), np.array([truth[i]["betas"] for i in ids])
     true_trans = np.array([truth[i]["trans"] for i in ids])
+    # The bodies to pose: the truth, the pseudo-GT, two label rounds, the constant pose, the network.
+    progress = Progress("eval", total=3 + 2 * bool(tables) + (predictions is not None), unit="source")
     true_bodies = skel_bodies(models, true_q, true_betas, true_trans, observed, config.batch_size)
+    progress.update(1)
 
     def labels_source(key: str, label: str, table) -> Source:
         arrays = _label_arrays(table, ids)
         bodies = skel_bodies(models, arrays["q"], arrays["betas"], arrays["trans"], observed, config.batch_size)
+        progress.update(1)
         return Source(key, label, "SKEL", bodies)
 
     pseudo_gt = smpl_bodies(
@@ -269,12 +274,14 @@ def evaluate(config: EvalConfig, models: EvalModels | None = None) -> dict[str, 
         observed,
         config.batch_size,
     )
+    progress.update(1)
     sources = [Source("smpl_pseudo_gt", "SMPL pseudo-GT", "SMPL", pseudo_gt)]
     if tables:
         sources.append(labels_source("smpl_skel_fit", "SMPL + SKEL fit (round 0)", tables[0]))
         sources.append(labels_source("refined_labels", f"refined labels (round {latest_round})", tables[latest_round]))
     constant_q, constant_betas = constant_pose(true_q, true_betas, len(ids))
     constant = skel_bodies(models, constant_q, constant_betas, None, observed, config.batch_size)
+    progress.update(1)
     sources.append(Source("constant", "constant mean pose", "SKEL", constant))
     if predictions is not None:
         by_id = {row["sample_id"]: row for row in predictions}
@@ -283,6 +290,8 @@ def evaluate(config: EvalConfig, models: EvalModels | None = None) -> dict[str, 
         step = max(int(row.get("step", 0)) for row in predictions)
         bodies = skel_bodies(models, q, betas, None, observed, config.batch_size)
         sources.append(Source("network", f"network (step {step})", "SKEL", bodies))
+        progress.update(1)
+    progress.close()
 
     return {
         "dataset_dir": config.dataset_dir,

@@ -75,6 +75,7 @@ from webdataset import TarWriter
 from hsmr_data.datasets import DatasetSpec
 from hsmr_data.hmr2_format import DATA_EXT, check_key, read_shards, write_shards
 from hsmr_data.label_table import read_labels
+from hsmr_data.progress import Progress
 from hsmr_data.quarantine import Quarantine
 from hsmr_data.records import PersonSample, SkelLabel
 from hsmr_data.synthetic.world import CROP_SIZE
@@ -253,7 +254,9 @@ def _choose(people: list[PersonSample], labels: LabelColumns, dataset: str, coun
     ]
 
 
-def _dataset_items(name: str, sources: list[str], labels: LabelColumns, counts: ExportCounts) -> Iterator[_Item]:
+def _dataset_items(
+    name: str, sources: list[str], labels: LabelColumns, counts: ExportCounts, progress: Progress
+) -> Iterator[_Item]:
     """Every exported person of one dataset in export order; `counts` is complete once this is exhausted."""
     quarantine = Quarantine()
     seen: set[str] = set()
@@ -261,6 +264,7 @@ def _dataset_items(name: str, sources: list[str], labels: LabelColumns, counts: 
         people = list(read_shards(source, name, quarantine))
         seen.update(p.sample_id for p in people)
         yield from _choose(people, labels, name, counts)
+        progress.update(1)
     counts.quarantined = len(quarantine)
     labelled = {sample_id for sample_id, row in labels.row.items() if labels.dataset[row] == name}
     counts.label_without_sample = len(labelled - seen)
@@ -461,15 +465,18 @@ def export_shards(
     counts: dict[str, ExportCounts] = {}
     listings: dict[str, list[dict]] = {}
     written: list[Path] = []
+    sources_of = {spec.name: spec.shard_urls() for spec in specs}
+    progress = Progress("export", total=sum(map(len, sources_of.values())), unit="source shard")
     for spec in specs:
-        name, sources = spec.name, spec.shard_urls()
+        name, sources = spec.name, sources_of[spec.name]
         params = {"format": FORMAT, "label_version": version, "dataset": name, "maxcount": maxcount}
         params |= {"maxsize": maxsize, "sources": _fingerprint(sources)}
         counts[name] = ExportCounts()
-        items = _dataset_items(name, sources, labels, counts[name])
+        items = _dataset_items(name, sources, labels, counts[name], progress)
         listings[name], new = _write_dataset(items, root / name, _ShardSpec(maxcount, maxsize, params))
         counts[name].exported = sum(listing["nsamples"] for listing in listings[name])
         written += new
+    progress.close()
     return _summary(version, root, listings, counts, written, FORMAT)
 
 
@@ -516,9 +523,11 @@ def export_hsmr_tars(
     counts: dict[str, ExportCounts] = {}
     listings: dict[str, list[dict]] = {}
     written: list[Path] = []
+    # People, no total: each dataset is one read across its shards (duplicate keys are refused across them).
+    progress = Progress("export (hsmr)", unit="person")
     for spec in specs:
         counts[spec.name] = ExportCounts()
-        people = _labelled_people(spec.name, spec.shard_urls(), labels, counts[spec.name])
+        people = _labelled_people(spec.name, spec.shard_urls(), labels, counts[spec.name], progress)
         folder = root / spec.name
         folder.mkdir(parents=True, exist_ok=True)
         for stale in folder.glob("[0-9]" * 6 + ".tar"):  # left by an earlier export of more images
@@ -526,11 +535,12 @@ def export_hsmr_tars(
         shards = write_shards(people, folder, maxcount=maxcount, maxsize=maxsize)
         listings[spec.name] = [_tar_listing(shard) for shard in shards]
         written += shards
+    progress.close()
     return _summary(version, root, listings, counts, written, HSMR_FORMAT)
 
 
 def _labelled_people(
-    name: str, sources: list[str], labels: LabelColumns, counts: ExportCounts
+    name: str, sources: list[str], labels: LabelColumns, counts: ExportCounts, progress: Progress
 ) -> Iterator[PersonSample]:
     """The people of the sources in file order, each with its SKEL label and the mirrored one (NaN: no label)."""
     quarantine = Quarantine()
@@ -549,6 +559,7 @@ def _labelled_people(
         counts.exported += 1
         person.skel, person.skel_flip = _skel_labels(labels, row)
         yield person
+        progress.update(1)
     counts.quarantined = len(quarantine)
     labelled = {sample_id for sample_id, row in labels.row.items() if labels.dataset[row] == name}
     counts.label_without_sample = len(labelled - seen)

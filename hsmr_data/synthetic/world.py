@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 
 from hsmr_data.hmr2_format import write_shards
+from hsmr_data.progress import Progress
 from hsmr_data.records import PersonSample
 from hsmr_data.synthetic import pseudo_gt
 from hsmr_data.synthetic.poses import PoseBatch, sample_true_poses
@@ -362,11 +363,12 @@ def generate_dataset(paths: BodyModelPaths, out_dir: Path | str, config: SynthCo
     started = time.perf_counter()
     models = BodyModels.load(paths)
     first_person, first_batch, parts = 0, 0, {}
-    for split, count in config.split_counts().items():
-        folder = out_dir if split == "train" else out_dir / split
-        parts[split] = _write_people(models, folder, config, split, count, first_person, first_batch)
-        first_person += count
-        first_batch += -(-count // config.batch_size)
+    with Progress(f"synth {out_dir.name}", total=config.count, unit="person") as progress:
+        for split, count in config.split_counts().items():
+            folder = out_dir if split == "train" else out_dir / split
+            parts[split] = _write_people(models, folder, config, split, count, first_person, first_batch, progress)
+            first_person += count
+            first_batch += -(-count // config.batch_size)
     summary = parts.pop("train")
     summary.splits = {
         name: {"out_dir": p.out_dir, "count": p.count, "hard_count": p.hard_count} for name, p in parts.items()
@@ -382,7 +384,14 @@ def _write_manifest(out_dir: Path, config: SynthConfig, split: str, summary: Syn
 
 
 def _write_people(
-    models: BodyModels, out_dir: Path, config: SynthConfig, split: str, count: int, first_person: int, first_batch: int
+    models: BodyModels,
+    out_dir: Path,
+    config: SynthConfig,
+    split: str,
+    count: int,
+    first_person: int,
+    first_batch: int,
+    progress: Progress,
 ) -> SynthSummary:
     """One split's dataset: `count` people keyed from `first_person`, batch seeds from `first_batch`."""
     started = time.perf_counter()
@@ -395,6 +404,7 @@ def _write_people(
                 if len(sheet_samples) < 16:
                     sheet_samples.append(sample)
                 yield sample
+                progress.update(1)
 
     shards = write_shards(people(), out_dir / "shards", maxcount=config.shard_maxcount)
     truth_path = out_dir / "truth" / "ground_truth.parquet"
