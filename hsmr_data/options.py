@@ -1,0 +1,109 @@
+"""Command-line options derived from a step's configuration dataclass, so defaults live in one place.
+
+Each step's front door is `run(config)`, where the config is a flat dataclass of JSON-able fields (what a
+Prefect flow takes as its one typed parameter, and `prefect deployment run ... -p config='{...}'` fills).
+`add_options` turns its fields into argparse options (type, default, help, choices, required), and
+`options_from_args` builds the dataclass back from the parsed arguments:
+
+    @dataclass(frozen=True)
+    class RefineOptions:
+        table_uri: str = field(default=..., metadata={"flag": "--table", "help": "label table URI"})
+        latest: int = field(default=RefineConfig.latest, metadata={"help": "refine the latest M predictions"})
+
+Field types: str, int, float, bool (--x / --no-x), `X | None`, `Literal[...]` (choices), tuple/list of
+a scalar (a repeatable option) and `dict[str, str]` (a repeatable NAME=VALUE option). Field metadata:
+"flag" (the option's name, default `--field-name`) and "help".
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from typing import Any, Literal
+
+_MISSING = dataclasses.MISSING
+
+
+def _strip_optional(kind: Any) -> Any:
+    """T of `T | None` (and of `Optional[T]`); other types unchanged."""
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        args = [arg for arg in typing.get_args(kind) if arg is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return kind
+
+
+def _default(field: dataclasses.Field) -> Any:
+    if field.default is not _MISSING:
+        return field.default
+    if field.default_factory is not _MISSING:
+        return field.default_factory()
+    return _MISSING
+
+
+def _name_value(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name, value
+
+
+def _option(field: dataclasses.Field, kind: Any) -> dict[str, Any]:
+    """argparse keywords of one field."""
+    default = _default(field)
+    help_text = field.metadata.get("help", "")
+    kind = _strip_optional(kind)
+    origin = typing.get_origin(kind)
+    options: dict[str, Any] = {"dest": field.name}
+    if kind is bool:
+        options |= {"action": argparse.BooleanOptionalAction, "default": default}
+    elif origin is Literal:
+        choices = typing.get_args(kind)
+        options |= {"choices": choices, "type": type(choices[0]), "default": default}
+    elif origin in (tuple, list):
+        item = typing.get_args(kind)[0]
+        options |= {"action": "append", "type": item, "default": None}
+        help_text += " (repeatable)"
+    elif origin is dict:
+        options |= {"action": "append", "type": _name_value, "default": None, "metavar": "NAME=VALUE"}
+        help_text += " (repeatable)"
+    elif kind in (str, int, float):
+        options |= {"type": kind, "default": default}
+    else:
+        raise TypeError(f"{field.name}: no command-line option for a field of type {kind!r}")
+    if default is _MISSING:
+        options |= {"required": True, "default": None}
+    elif default not in (None, (), [], {}) and kind is not bool:
+        help_text += f" (default: {default})"
+    options["help"] = help_text.strip() or None
+    return options
+
+
+def add_options(parser: argparse.ArgumentParser, config_type: type, skip: tuple[str, ...] = ()) -> None:
+    """One option per field of the dataclass `config_type` (except those in `skip`)."""
+    hints = typing.get_type_hints(config_type)
+    for field in dataclasses.fields(config_type):
+        if field.name in skip:
+            continue
+        flag = field.metadata.get("flag", "--" + field.name.replace("_", "-"))
+        parser.add_argument(flag, **_option(field, hints[field.name]))
+
+
+def options_from_args(config_type: type, args: argparse.Namespace, **values: Any):
+    """The `config_type` of the parsed options; `values` set fields that have no option (see `skip`)."""
+    hints = typing.get_type_hints(config_type)
+    for field in dataclasses.fields(config_type):
+        if field.name in values or not hasattr(args, field.name):
+            continue
+        value = getattr(args, field.name)
+        origin = typing.get_origin(_strip_optional(hints[field.name]))
+        if value is None and origin in (tuple, list, dict):
+            continue  # the option was not given: the field's default
+        if origin is tuple:
+            value = tuple(value)
+        elif origin is dict:
+            value = dict(value)
+        values[field.name] = value
+    return config_type(**values)
