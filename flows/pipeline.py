@@ -28,11 +28,14 @@ from flows.export import export_shards
 from flows.predict import predict_flow
 from flows.refine import refine_round_flow
 from flows.train import train_hsmr
+from hsmr_data.conversion import ConvertOptions
 from hsmr_data.evaluate import EvalConfig, evaluate, write_report
 from hsmr_data.layout import DEFAULT as STORAGE
 from hsmr_data.layout import DEMO_DATASET, DataRoot
+from hsmr_data.refine import RefineOptions
 from hsmr_data.synthetic.body_models import ensure_synthetic_models
 from hsmr_data.synthetic.world import SynthConfig, generate_dataset
+from hsmr_data.train_run import TrainOptions
 
 FLOW_NAME = "pipeline"
 DATASET = DEMO_DATASET
@@ -94,27 +97,30 @@ def pipeline(
 
     # The dashboard the demo prints is live from the first committed chunk on (it reloads itself).
     conversion = convert_smpl_to_skel(
-        paths["dataset"], paths["table"], paths["models"], DATASET, device, dashboard_path=paths["dashboard"]
+        ConvertOptions(paths["dataset"], paths["table"], paths["models"], DATASET, device),
+        dashboard_path=paths["dashboard"],
     )
     exported = export_shards(paths["table"], {DATASET: paths["dataset"]}, paths["shards"])
     trained = train_hsmr(
-        [exported["index"]],
-        paths["run"],
-        models_root=paths["models"],
-        steps=train_steps,
-        batch_size=batch_size,
-        device=device,
-        refine_every=refine_every,
-        refine_warmup=refine_warmup,
-        refine_latest=refine_latest,
-        table_uri=paths["table"],
-        dataset_dir=paths["dataset"],
-        dashboard_path=paths["dashboard"],
+        TrainOptions(
+            indexes=(exported["index"],),
+            out_dir=paths["run"],
+            models_root=paths["models"],
+            steps=train_steps,
+            batch_size=batch_size,
+            device=device,
+            refine_every=refine_every,
+            refine_warmup=refine_warmup,
+            refine_latest=refine_latest,
+            table_uri=paths["table"],
+            dataset_dir=paths["dataset"],
+            dashboard_path=paths["dashboard"],
+        )
     )
     refined = refine_round_flow(
-        trained["predictions"], paths["table"], paths["dataset"], DATASET, paths["models"], device,
+        RefineOptions(trained["predictions"], paths["table"], paths["dataset"], DATASET, paths["models"], device),
         dashboard_path=paths["dashboard"],
-    )  # fmt: skip
+    )
     evaluation = evaluate(EvalConfig(paths["dataset"], paths["table"], paths["models"], trained["predictions"]))
     report_json, report_md = write_report(evaluation, paths["reports"])
     test_dir = str(Path(paths["dataset"]) / "test")

@@ -41,6 +41,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from hsmr_data.layout import DEFAULT as STORAGE
+from hsmr_data.options import add_options, options_from_args
 from hsmr_model.model_files import BodyModelPaths, ModelFileError
 
 
@@ -106,36 +107,14 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from collections import Counter
+    from hsmr_data import conversion
 
-    from tqdm import tqdm
-
-    from hsmr_data import conversion, label_table
-    from hsmr_data.conversion import ConvertConfig
-    from hsmr_data.datasets import parse_datasets
-    from hsmr_model.skel_fit import SkelFitConfig
-
-    dataset_dir, datasets = dataset_arguments(args)
-    config = ConvertConfig(
-        dataset_dir=dataset_dir,
-        table_uri=args.table,
-        models_root=args.models,
-        dataset=args.dataset_name,
-        fit=SkelFitConfig(device=args.device, batch_size=args.batch_size),
-        datasets=tuple(parse_datasets(datasets)),
-        quarantine_root=args.quarantine,
-    )
-    with tqdm(total=len(conversion.list_chunks(config)), unit="chunk", desc="convert") as bar:
-        outcomes = conversion.convert_dataset(config, on_chunk=lambda outcome: bar.update(1))
-    statuses = Counter(outcome.status for outcome in outcomes)
-    report = {
-        "table_uri": config.table_uri,
-        "chunks": {status: statuses[status] for status in ("committed", "skipped", "empty")},
-        "quarantined": sum(outcome.quarantined for outcome in outcomes),
-        "quarantined_by_dataset": conversion.quarantined_by_dataset(outcomes),
-        "summary": conversion.summarize(label_table.read_labels(config.table_uri)),
-    }
-    print(json.dumps(report, indent=2))
+    try:
+        options = options_from_args(conversion.ConvertOptions, args)
+        options.config()  # the datasets named well, before the models load
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from error
+    print(json.dumps(asdict(conversion.run(options)), indent=2))
     return 0
 
 
@@ -202,24 +181,8 @@ def _dashboard(args: argparse.Namespace) -> int:
 
 def _refine(args: argparse.Namespace) -> int:
     from hsmr_data import refine
-    from hsmr_model.skelify import REFINER_STAGES, SkelifyConfig
 
-    stages = (replace(REFINER_STAGES[0], steps=args.steps),)
-    config = refine.RefineConfig(
-        table_uri=args.table,
-        dataset_dirs={args.dataset: args.dataset_dir},
-        models_root=args.models,
-        latest=args.latest,
-        max_abs_beta=args.max_abs_beta,
-        keep_passing=args.keep_passing,
-        skelify=SkelifyConfig(stages, max_iter=args.max_iter, batch_size=args.batch_size, device=args.device),
-    )
-    if not Path(args.predictions).is_file():
-        print(
-            f"error: no predictions at {args.predictions}: a training run writes predictions.parquet", file=sys.stderr
-        )
-        return 2
-    result = refine.refine_round(refine.Refiner(config), refine.read_predictions(args.predictions), args.round)
+    result = refine.run(options_from_args(refine.RefineOptions, args))
     print(json.dumps(asdict(result), indent=2))
     return 0
 
@@ -235,41 +198,10 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-def train_config(args: argparse.Namespace, indexes: list[str]):
-    """The TrainConfig of `add_train_arguments`' options: the recipe's values, then those given on the line."""
-    from hsmr_data.training import make_config
-
-    return make_config(
-        args.recipe,
-        indexes=tuple(indexes),
-        out_dir=args.out,
-        weights=tuple(args.weight) if args.weight else None,
-        models_root=args.models,
-        device=args.device,
-        size=args.size,
-        pose_target=args.pose_target,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        checkpoint_every=args.checkpoint_every,
-        loader_workers=args.loader_workers,
-    )
-
-
 def _train(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from hsmr_data import train_run
 
-    config = train_config(args, args.index)
-    spec = train_run.TrainingRun(config)
-    with tqdm(total=config.steps, unit="step", desc="train") as bar:
-
-        def on_log(record: dict) -> None:
-            bar.update(record["step"] - bar.n)
-            bar.set_postfix(loss=f"{record['loss']:.4f}")
-
-        result = train_run.train(spec, args.nproc, on_log=on_log)
+    result = train_run.run_step(options_from_args(train_run.TrainOptions, args))
     print(json.dumps(result, indent=2))
     return 0
 
@@ -308,60 +240,11 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
-    """The dataset options of a conversion, shared by `hsmr convert` and `python -m flows.convert`."""
-    parser.add_argument(
-        "--dataset",
-        action="append",
-        default=[],
-        metavar="NAME=SPEC",
-        help="a dataset (repeatable): SPEC is a brace pattern (/data/coco/{000000..000017}.tar), a folder, "
-        "file:PATH, pipe:COMMAND, http(s):// or an fsspec URL (s3://, gs://, ...). "
-        "A bare NAME names --dataset-dir instead (as before)",
-    )
-    parser.add_argument("--dataset-dir", help="a plain dataset folder holding shards/*.tar (named 'synth' by default)")
-    parser.add_argument(
-        "--quarantine", help="folder for the quarantine reports, one subfolder per dataset (default: see docs)"
-    )
-
-
-def dataset_arguments(args: argparse.Namespace) -> tuple[str | None, list[str]]:
-    """(--dataset-dir, the NAME=SPEC datasets); sets `args.dataset_name`, the name of --dataset-dir."""
-    names = [item for item in args.dataset if "=" not in item]
-    if len(names) > 1 or (names and not args.dataset_dir):
-        raise SystemExit("error: --dataset takes NAME=SPEC; a bare NAME only names --dataset-dir (once)")
-    if not args.dataset_dir and not args.dataset:
-        raise SystemExit("error: give --dataset NAME=SPEC (repeatable) or --dataset-dir DIR")
-    args.dataset_name = names[0] if names else "synth"
-    return args.dataset_dir, [item for item in args.dataset if "=" in item]
-
-
-def add_train_arguments(parser: argparse.ArgumentParser, index_required: bool, default_out: str | None) -> None:
-    """The training options, shared by `hsmr train` and `python -m flows.train`."""
-    index_help = "index.json of an export (repeatable)" + ("" if index_required else "; default: the latest")
-    parser.add_argument("--index", action="append", required=index_required, help=index_help)
-    parser.add_argument("--weight", action="append", type=float, help="mixing weight per --index")
-    out_help = "run folder: checkpoint, metrics.jsonl, predictions.parquet"
-    parser.add_argument("--out", required=default_out is None, default=default_out, help=out_help)
-    parser.add_argument("--models", default=STORAGE.models)
-    recipes = "named settings (hsmr_data.training.RECIPES): paper (ViT-B/H on a GPU), cpu (from scratch on a CPU)"
-    parser.add_argument("--recipe", choices=("paper", "cpu"), help=recipes + "; the options below override it")
-    parser.add_argument("--size", choices=("tiny", "small", "B", "H"), help="default: the recipe's, else tiny")
-    parser.add_argument("--pose-target", choices=("88d", "euler"), help="default 88d")
-    parser.add_argument("--steps", type=int, help="default 300")
-    parser.add_argument("--batch-size", type=int, help="default: the recipe's, else 16")
-    parser.add_argument("--lr", type=float, help="default: the recipe's, else 1e-4")
-    parser.add_argument("--checkpoint-every", type=int, help="default 100")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument(
-        "--loader-workers", type=int, help="data-loading processes per training process (default: the recipe's, else 0)"
-    )
-    parser.add_argument(
-        "--nproc", type=int, default=1, help="DDP processes under torchrun (one per GPU; gloo on a CPU); 1: no DDP"
-    )
-
-
 def build_parser() -> argparse.ArgumentParser:
+    from hsmr_data.conversion import ConvertOptions
+    from hsmr_data.refine import RefineOptions
+    from hsmr_data.train_run import TrainOptions
+
     parser = argparse.ArgumentParser(prog="hsmr", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -399,11 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_synth.set_defaults(run=_data_synth)
 
     convert = commands.add_parser("convert", help="convert SMPL pseudo-GT shards into SKEL labels (round 0)")
-    add_dataset_arguments(convert)
-    convert.add_argument("--table", required=True, help="label table URI (a folder or any URI deltalake opens)")
-    convert.add_argument("--models", default=STORAGE.models, help="body models in the standard layout")
-    convert.add_argument("--device", default="auto", help='"auto" (CUDA when present), "cpu", "cuda:1", ...')
-    convert.add_argument("--batch-size", type=int, help="fitting batch (default: 256 on the CPU, by memory on CUDA)")
+    add_options(convert, ConvertOptions)
     convert.set_defaults(run=_convert)
 
     convert_seq = commands.add_parser("convert-seq", help="SMPL motion sequences (AMASS-style .npz) to SKEL sequences")
@@ -446,24 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     dashboard.set_defaults(run=_dashboard)
 
     refine = commands.add_parser("refine", help="one SKELify refinement round on a training run's predictions")
-    refine.add_argument("--predictions", default=STORAGE.run_predictions())
-    refine.add_argument("--table", default=STORAGE.table(), help="label table URI")
-    refine.add_argument("--dataset-dir", default=STORAGE.dataset(), help="the source dataset (shards/*.tar)")
-    refine.add_argument("--dataset", default="synth", help="the dataset name in the predictions and the table")
-    refine.add_argument("--models", default=STORAGE.models, help="body models in the standard layout")
-    refine.add_argument("--device", default="auto", help='"auto" (CUDA when present), "cpu", "cuda:1", ...')
-    refine.add_argument("--batch-size", type=int, default=256, help="samples per LBFGS problem")
-    refine.add_argument("--latest", type=int, default=18_000, help="refine the latest M predictions")
-    refine.add_argument("--max-abs-beta", type=float, default=2.0, help="replace only labels with max|beta| below")
-    refine.add_argument(
-        "--keep-passing",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="never replace a label that passes the filters by one that fails them",
-    )
-    refine.add_argument("--steps", type=int, default=10, help="LBFGS steps of the refiner (the paper's 10)")
-    refine.add_argument("--max-iter", type=int, default=20, help="iterations per LBFGS step (torch's default 20)")
-    refine.add_argument("--round", type=int, help="the round to commit (default: the next one)")
+    add_options(refine, RefineOptions)
     refine.set_defaults(run=_refine)
 
     export = commands.add_parser("export", help="training shards (WebDataset + wids index) from a label table")
@@ -484,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(run=_export)
 
     train = commands.add_parser("train", help="train the HSMR network on exported shards (resumes in --out)")
-    add_train_arguments(train, index_required=True, default_out=None)
+    add_options(train, TrainOptions)
     train.set_defaults(run=_train)
 
     predict = commands.add_parser("predict", help="run a trained network on HMR2.0-style tars or on images with boxes")
@@ -522,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except ModelFileError as err:
+    except (ModelFileError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

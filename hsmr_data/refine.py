@@ -52,7 +52,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +62,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from hsmr_data import label_table
+from hsmr_data import label_table, layout
 from hsmr_data.datasets import DatasetSpec
 from hsmr_data.export import label_arrays
 from hsmr_data.filters import FilterConfig, apply_filters, clean_confidences
@@ -72,7 +72,7 @@ from hsmr_model import camera
 from hsmr_model.model_files import BodyModelPaths, read_keypoint_regressor
 from hsmr_model.regressor import VertexRegressor
 from hsmr_model.skel_layer import SKELLayer
-from hsmr_model.skelify import Skelify, SkelifyConfig
+from hsmr_model.skelify import REFINER_STAGES, Skelify, SkelifyConfig
 from hsmr_model.smpl_layer import SMPLWithKeypoints
 
 PREDICTION_COLUMNS = ("sample_id", "dataset", "step", "q", "betas")
@@ -552,3 +552,48 @@ class RefineCallback:
             self.refresh()
             if self.group.is_main and self.on_commit is not None:
                 self.on_commit(self.results[-1])
+
+
+# ------------------------------------------------------------------------------ the step's front door
+@dataclass(frozen=True)
+class RefineOptions:
+    """One refinement round as the `hsmr refine` command and the refine-round flow take it (flat, JSON-able):
+    HSMR's refiner, `steps` LBFGS steps of at most `max_iter` iterations (10 and 20 in the paper)."""
+
+    predictions: str = field(default=layout.DEFAULT.run_predictions(), metadata={"help": "predictions.parquet"})
+    table_uri: str = field(default=layout.DEFAULT.table(), metadata={"flag": "--table", "help": "label table URI"})
+    dataset_dir: str = field(default=layout.DEFAULT.dataset(), metadata={"help": "the source dataset (shards/*.tar)"})
+    dataset: str = field(default=layout.DEMO_DATASET, metadata={"help": "its name in the predictions and the table"})
+    models_root: str = field(default=layout.DEFAULT.models, metadata={"flag": "--models", "help": "body models"})
+    device: str = field(default=SkelifyConfig.device, metadata={"help": '"auto" (CUDA when present), "cpu", ...'})
+    batch_size: int = field(default=SkelifyConfig.batch_size, metadata={"help": "samples per LBFGS problem"})
+    latest: int = field(default=RefineConfig.latest, metadata={"help": "refine the latest M predictions"})
+    max_abs_beta: float = field(default=RefineConfig.max_abs_beta, metadata={"help": "replace only below this"})
+    keep_passing: bool = field(
+        default=RefineConfig.keep_passing, metadata={"help": "never replace a passing label by a failing one"}
+    )
+    steps: int = field(default=REFINER_STAGES[0].steps, metadata={"help": "LBFGS steps of the refiner"})
+    max_iter: int = field(default=SkelifyConfig.max_iter, metadata={"help": "iterations per LBFGS step"})
+    round: int | None = field(default=None, metadata={"help": "the round to commit (default: the next one)"})
+
+    def config(self) -> RefineConfig:
+        skelify = SkelifyConfig(
+            (replace(REFINER_STAGES[0], steps=self.steps),),
+            self.max_iter,
+            batch_size=self.batch_size,
+            device=self.device,
+        )
+        return RefineConfig(
+            self.table_uri, {self.dataset: self.dataset_dir}, self.models_root, latest=self.latest,
+            max_abs_beta=self.max_abs_beta, keep_passing=self.keep_passing, skelify=skelify,
+        )  # fmt: skip
+
+
+def run(options: RefineOptions) -> RoundResult:
+    """One round on `options.predictions`: the front door of `hsmr refine` and the refine-round flow."""
+    if not Path(options.predictions).is_file():
+        raise FileNotFoundError(
+            f"no predictions at {options.predictions}: a training run writes predictions.parquet into its run "
+            "folder at every checkpoint, `hsmr predict` writes them for other people"
+        )
+    return refine_round(Refiner(options.config()), read_predictions(options.predictions), options.round)
