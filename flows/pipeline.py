@@ -29,7 +29,9 @@ from flows.predict import predict_flow
 from flows.refine import refine_round_flow
 from flows.train import train_hsmr
 from hsmr_data.conversion import ConvertOptions
+from hsmr_data.dashboard import DashboardConfig
 from hsmr_data.evaluate import EvalConfig, evaluate, write_report
+from hsmr_data.export import ExportConfig
 from hsmr_data.layout import DEFAULT as STORAGE
 from hsmr_data.layout import DEMO_DATASET, DataRoot
 from hsmr_data.refine import RefineOptions
@@ -100,7 +102,7 @@ def pipeline(
         ConvertOptions(paths["dataset"], paths["table"], paths["models"], DATASET, device),
         dashboard_path=paths["dashboard"],
     )
-    exported = export_shards(paths["table"], {DATASET: paths["dataset"]}, paths["shards"])
+    exported = export_shards(ExportConfig(paths["table"], {DATASET: paths["dataset"]}, paths["shards"]))
     trained = train_hsmr(
         TrainOptions(
             indexes=(exported["index"],),
@@ -130,7 +132,9 @@ def pipeline(
     )  # fmt: skip
     held_out = evaluate(EvalConfig(test_dir, None, paths["models"], predicted["predictions"]))
     test_json, test_md = write_report(held_out, paths["test_reports"])
-    dashboard = label_dashboard(paths["table"], paths["dataset"], paths["models"], paths["dashboard"])
+    dashboard = label_dashboard(
+        DashboardConfig(paths["table"], paths["dataset"], paths["models"], out_path=paths["dashboard"])
+    )
     logger.info("dashboard: %s; report: %s", paths["dashboard"], report_md)
     return {
         "label_table": paths["table"],

@@ -163,18 +163,10 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _dashboard(args: argparse.Namespace) -> int:
-    from hsmr_data.dashboard import DashboardConfig, summary_markdown, write_dashboard
+    from hsmr_data import dashboard
 
-    config = DashboardConfig(
-        table_uri=args.table,
-        dataset_dir=args.dataset_dir or None,
-        models_root=args.models,
-        truth_path=args.truth,
-        dataset=args.dataset,
-        gallery_size=args.gallery_size,
-    )
-    page, summary = write_dashboard(config, args.out)
-    print(summary_markdown(summary))
+    page, summary = dashboard.run(options_from_args(dashboard.DashboardConfig, args, dashboard.DEMO))
+    print(dashboard.summary_markdown(summary))
     print(f"written: {page}")
     return 0
 
@@ -188,12 +180,9 @@ def _refine(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from hsmr_data.datasets import parse_datasets
-    from hsmr_data.export import export_hsmr_tars, export_shards
+    from hsmr_data import export
 
-    datasets = {spec.name: spec.spec for spec in parse_datasets(args.dataset)}
-    export = export_hsmr_tars if args.format == "hsmr" else export_shards
-    summary = export(args.table, datasets, args.out, args.version, args.maxcount)
+    summary = export.run(options_from_args(export.ExportConfig, args))
     print(json.dumps(asdict(summary), indent=2, default=str))
     return 0
 
@@ -242,6 +231,9 @@ def _demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from hsmr_data.conversion import ConvertOptions
+    from hsmr_data.dashboard import DEMO as DEMO_DASHBOARD
+    from hsmr_data.dashboard import WRITER_FIELDS, DashboardConfig
+    from hsmr_data.export import ExportConfig
     from hsmr_data.refine import RefineOptions
     from hsmr_data.train_run import TrainOptions
 
@@ -315,13 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.set_defaults(run=_eval)
 
     dashboard = commands.add_parser("dashboard", help="write the label-quality HTML page of a label table")
-    dashboard.add_argument("--table", default=STORAGE.table(), help="label table URI")
-    dashboard.add_argument("--dataset-dir", default=STORAGE.dataset(), help='shards (gallery) and truth/; "" for none')
-    dashboard.add_argument("--models", default=STORAGE.models, help="body models in the standard layout")
-    dashboard.add_argument("--truth", help="ground-truth Parquet (default: DATASET_DIR/truth/ground_truth.parquet)")
-    dashboard.add_argument("--dataset", default="synth", help="dataset name of the shards' samples")
-    dashboard.add_argument("--gallery-size", type=int, default=8, help="worst labels shown per dataset")
-    dashboard.add_argument("--out", default=STORAGE.dashboard, help="the page to write")
+    add_options(dashboard, DashboardConfig, skip=WRITER_FIELDS, defaults=DEMO_DASHBOARD)
     dashboard.set_defaults(run=_dashboard)
 
     refine = commands.add_parser("refine", help="one SKELify refinement round on a training run's predictions")
@@ -329,20 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     refine.set_defaults(run=_refine)
 
     export = commands.add_parser("export", help="training shards (WebDataset + wids index) from a label table")
-    export.add_argument("--table", required=True, help="label table URI")
-    export.add_argument(
-        "--dataset", action="append", required=True, help="NAME=SPEC of a source dataset (repeatable; see convert)"
-    )
-    export.add_argument(
-        "--format",
-        choices=("pipeline", "hsmr"),
-        default="pipeline",
-        help="pipeline: this project's training shards (crops + npz); hsmr: HMR2.0's tars with HSMR's "
-        "orig_*/flip_* SKEL labels, what HSMR's own training code reads",
-    )
-    export.add_argument("--out", required=True, help="folder for v{version}/index.json and the shards")
-    export.add_argument("--version", type=int, help="label-table version (default: the latest)")
-    export.add_argument("--maxcount", type=int, default=1000, help="samples per shard at most")
+    add_options(export, ExportConfig)
     export.set_defaults(run=_export)
 
     train = commands.add_parser("train", help="train the HSMR network on exported shards (resumes in --out)")

@@ -104,6 +104,7 @@ class DashboardConfig:
     run: str | None = None  # what is writing the page (a flow run's name), shown in its header
     # While a run is going: the page reloads itself every this many seconds. None: a finished page.
     live_seconds: int | None = None
+    out_path: str = layout.DEFAULT.dashboard  # where `run` writes the page
 
     @property
     def truth(self) -> str | None:
@@ -755,3 +756,13 @@ class LiveDashboard:
     def finish(self) -> tuple[Path, dict[str, Any]]:
         """The final page: no reload, the table as the run left it."""
         return write_dashboard(replace(self.config, live_seconds=None), self.out_path)
+
+
+DEMO = DashboardConfig(layout.DEFAULT.table(), layout.DEFAULT.dataset())  # the demo's table and its dataset
+WRITER_FIELDS = ("run", "live_seconds")  # set by the code that writes a page, not options of the step
+
+
+def run(config: DashboardConfig) -> tuple[Path, dict[str, Any]]:
+    """Write the page to `config.out_path`: the front door of `hsmr dashboard` and the label-dashboard flow.
+    An empty `dataset_dir` means none (no gallery, no truth)."""
+    return write_dashboard(replace(config, dataset_dir=config.dataset_dir or None), config.out_path)

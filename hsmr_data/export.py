@@ -62,7 +62,7 @@ import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -72,6 +72,7 @@ from deltalake import DeltaTable
 from PIL import Image
 from webdataset import TarWriter
 
+from hsmr_data import layout
 from hsmr_data.datasets import DatasetSpec
 from hsmr_data.hmr2_format import DATA_EXT, check_key, read_shards, write_shards
 from hsmr_data.label_table import read_labels
@@ -631,3 +632,30 @@ def iter_training_samples(source: str | Path | Iterable[str | Path], **webdatase
     """The decoded samples (`decode_sample`) of an export, as a webdataset pipeline (iterate it, or add
     .shuffle, .batched, ...). `webdataset_args` go to `webdataset.WebDataset` (default shardshuffle=False)."""
     return wds.WebDataset(shard_urls(source), **{"shardshuffle": False, **webdataset_args}).map(decode_sample)
+
+
+# ------------------------------------------------------------------------------ the step's front door
+@dataclass(frozen=True)
+class ExportConfig:
+    """An export as the `hsmr export` command and the export-shards flow take it (flat, JSON-able)."""
+
+    table_uri: str = field(default=layout.DEFAULT.table(), metadata={"flag": "--table", "help": "label table URI"})
+    dataset_dirs: dict[str, str] = field(
+        default_factory=lambda: {layout.DEMO_DATASET: layout.DEFAULT.dataset()},
+        metadata={"flag": "--dataset", "help": "a source dataset, NAME=SPEC (a folder, a brace pattern, a URL)"},
+    )
+    out_dir: str = field(default=layout.DEFAULT.shards, metadata={"flag": "--out", "help": "folder for v{version}/"})
+    version: int | None = field(default=None, metadata={"help": "label-table version (default: the latest)"})
+    maxcount: int = field(default=1000, metadata={"help": "samples (hsmr: images) per shard at most"})
+    maxsize: float | None = field(default=None, metadata={"help": "bytes per shard at most (default: the format's)"})
+    format: Literal["pipeline", "hsmr"] = field(
+        default="pipeline",
+        metadata={"help": "pipeline: this project's training shards; hsmr: HMR2.0's tars with HSMR's SKEL labels"},
+    )
+
+
+def run(config: ExportConfig) -> ExportSummary:
+    """Export as `config` says: the front door of `hsmr export` and the export-shards flow."""
+    exporter = export_hsmr_tars if config.format == "hsmr" else export_shards
+    sizes = {} if config.maxsize is None else {"maxsize": config.maxsize}
+    return exporter(config.table_uri, config.dataset_dirs, config.out_dir, config.version, config.maxcount, **sizes)

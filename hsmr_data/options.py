@@ -12,7 +12,7 @@ Prefect flow takes as its one typed parameter, and `prefect deployment run ... -
 
 Field types: str, int, float, bool (--x / --no-x), `X | None`, `Literal[...]` (choices), tuple/list of
 a scalar (a repeatable option) and `dict[str, str]` (a repeatable NAME=VALUE option). Field metadata:
-"flag" (the option's name, default `--field-name`) and "help".
+"flag" (the option's name; default: `SHORT_FLAGS`, else `--field-name`) and "help".
 """
 
 from __future__ import annotations
@@ -24,6 +24,15 @@ import typing
 from typing import Any, Literal
 
 _MISSING = dataclasses.MISSING
+# The project's short names of common fields, the same in every command.
+SHORT_FLAGS = {
+    "table_uri": "--table",
+    "models_root": "--models",
+    "truth_path": "--truth",
+    "predictions_path": "--predictions",
+    "out_dir": "--out",
+    "out_path": "--out",
+}
 
 
 def _strip_optional(kind: Any) -> Any:
@@ -50,9 +59,9 @@ def _name_value(text: str) -> tuple[str, str]:
     return name, value
 
 
-def _option(field: dataclasses.Field, kind: Any) -> dict[str, Any]:
-    """argparse keywords of one field."""
-    default = _default(field)
+def _option(field: dataclasses.Field, kind: Any, defaults: Any) -> dict[str, Any]:
+    """argparse keywords of one field; its default from the instance `defaults`, else the field's."""
+    default = _default(field) if defaults is None else getattr(defaults, field.name)
     help_text = field.metadata.get("help", "")
     kind = _strip_optional(kind)
     origin = typing.get_origin(kind)
@@ -81,18 +90,22 @@ def _option(field: dataclasses.Field, kind: Any) -> dict[str, Any]:
     return options
 
 
-def add_options(parser: argparse.ArgumentParser, config_type: type, skip: tuple[str, ...] = ()) -> None:
-    """One option per field of the dataclass `config_type` (except those in `skip`)."""
+def add_options(
+    parser: argparse.ArgumentParser, config_type: type, skip: tuple[str, ...] = (), defaults: Any = None
+) -> None:
+    """One option per field of the dataclass `config_type` (except those in `skip`); `defaults`, an instance,
+    gives the defaults where they differ from the type's (e.g. the demo's paths for a required field)."""
     hints = typing.get_type_hints(config_type)
     for field in dataclasses.fields(config_type):
         if field.name in skip:
             continue
-        flag = field.metadata.get("flag", "--" + field.name.replace("_", "-"))
-        parser.add_argument(flag, **_option(field, hints[field.name]))
+        flag = field.metadata.get("flag") or SHORT_FLAGS.get(field.name) or "--" + field.name.replace("_", "-")
+        parser.add_argument(flag, **_option(field, hints[field.name], defaults))
 
 
-def options_from_args(config_type: type, args: argparse.Namespace, **values: Any):
-    """The `config_type` of the parsed options; `values` set fields that have no option (see `skip`)."""
+def options_from_args(config_type: type, args: argparse.Namespace, defaults: Any = None, **values: Any):
+    """The `config_type` of the parsed options; `values` set fields that have no option (see `skip`), and the
+    instance `defaults` (as given to `add_options`) the repeatable ones not given."""
     hints = typing.get_type_hints(config_type)
     for field in dataclasses.fields(config_type):
         if field.name in values or not hasattr(args, field.name):
@@ -106,4 +119,4 @@ def options_from_args(config_type: type, args: argparse.Namespace, **values: Any
         elif origin is dict:
             value = dict(value)
         values[field.name] = value
-    return config_type(**values)
+    return config_type(**values) if defaults is None else dataclasses.replace(defaults, **values)

@@ -66,3 +66,12 @@ def test_a_field_without_an_option_kind_is_an_error():
 
     with pytest.raises(TypeError, match="inner"):
         add_options(argparse.ArgumentParser(), Nested)
+
+
+def test_an_instance_gives_the_defaults_even_of_required_fields():
+    demo = Example("storage/labels/synth", latest=7, indexes=("demo.json",))
+    parser = argparse.ArgumentParser()
+    add_options(parser, Example, defaults=demo)
+    assert options_from_args(Example, parser.parse_args([]), defaults=demo) == demo
+    given = options_from_args(Example, parser.parse_args(["--index", "x.json", "--latest", "9"]), defaults=demo)
+    assert given == Example("storage/labels/synth", latest=9, indexes=("x.json",))

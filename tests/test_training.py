@@ -175,10 +175,11 @@ def test_killed_training_resumes_to_the_same_parameters(index, model_paths, tmp_
 def test_export_and_train_flows(prefect_api, labelled, model_paths, tmp_path):
     from flows.export import export_shards
     from flows.train import train_hsmr
+    from hsmr_data.export import ExportConfig
     from hsmr_data.train_run import TrainOptions, latest_index
 
     uri, dataset_dir = labelled
-    report = export_shards(uri, {"synth": str(dataset_dir)}, str(tmp_path / "shards"), maxcount=3)
+    report = export_shards(ExportConfig(uri, {"synth": str(dataset_dir)}, str(tmp_path / "shards"), maxcount=3))
     assert report["index"] == latest_index(tmp_path / "shards")
     assert report["counts"]["synth"]["exported"] == 8
     models = str(model_paths.smpl.parent.parent)
