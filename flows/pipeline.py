@@ -28,12 +28,14 @@ from flows.export import export_shards
 from flows.predict import predict_flow
 from flows.refine import refine_round_flow
 from flows.train import train_hsmr
+from hsmr_data import evaluate
 from hsmr_data.conversion import ConvertOptions
 from hsmr_data.dashboard import DashboardConfig
-from hsmr_data.evaluate import EvalConfig, evaluate, write_report
+from hsmr_data.evaluate import EvalConfig
 from hsmr_data.export import ExportConfig
 from hsmr_data.layout import DEFAULT as STORAGE
 from hsmr_data.layout import DEMO_DATASET, DataRoot
+from hsmr_data.predict import PredictConfig
 from hsmr_data.refine import RefineOptions
 from hsmr_data.synthetic.body_models import ensure_synthetic_models
 from hsmr_data.synthetic.world import SynthConfig, generate_dataset
@@ -123,19 +125,23 @@ def pipeline(
         RefineOptions(trained["predictions"], paths["table"], paths["dataset"], DATASET, paths["models"], device),
         dashboard_path=paths["dashboard"],
     )
-    evaluation = evaluate(EvalConfig(paths["dataset"], paths["table"], paths["models"], trained["predictions"]))
-    report_json, report_md = write_report(evaluation, paths["reports"])
+    evaluation = evaluate.run(
+        EvalConfig(paths["dataset"], paths["table"], paths["models"], trained["predictions"], out_dir=paths["reports"])
+    )
     test_dir = str(Path(paths["dataset"]) / "test")
     predicted = predict_flow(
-        trained["checkpoint"], [f"{DATASET}={test_dir}"], out=str(Path(paths["run"]) / "test_predictions.parquet"),
-        models_root=paths["models"], device=device,
+        PredictConfig(
+            trained["checkpoint"], paths["models"], device=device, datasets=(f"{DATASET}={test_dir}",),
+            out=str(Path(paths["run"]) / "test_predictions.parquet"),
+        )
     )  # fmt: skip
-    held_out = evaluate(EvalConfig(test_dir, None, paths["models"], predicted["predictions"]))
-    test_json, test_md = write_report(held_out, paths["test_reports"])
+    held_out = evaluate.run(
+        EvalConfig(test_dir, None, paths["models"], predicted["predictions"], out_dir=paths["test_reports"])
+    )
     dashboard = label_dashboard(
         DashboardConfig(paths["table"], paths["dataset"], paths["models"], out_path=paths["dashboard"])
     )
-    logger.info("dashboard: %s; report: %s", paths["dashboard"], report_md)
+    logger.info("dashboard: %s; report: %s", paths["dashboard"], evaluation.markdown_path)
     return {
         "label_table": paths["table"],
         "conversion": conversion["summary"],
@@ -143,10 +149,10 @@ def pipeline(
         "checkpoint": trained["checkpoint"],
         "refinement_rounds_in_training": trained["refinement_rounds"],
         "refine_round": {"round": refined["round"], "status": refined["status"]},
-        "report": str(report_md),
-        "report_json": str(report_json),
-        "test_report": str(test_md),
-        "test_report_json": str(test_json),
+        "report": evaluation.markdown_path,
+        "report_json": evaluation.json_path,
+        "test_report": held_out.markdown_path,
+        "test_report_json": held_out.json_path,
         "dashboard": dashboard["page"],
     }
 

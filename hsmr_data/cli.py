@@ -145,20 +145,11 @@ def _data_motion(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from hsmr_data.evaluate import EvalConfig, evaluate, to_markdown, write_report
+    from hsmr_data import evaluate
 
-    config = EvalConfig(
-        dataset_dir=args.dataset_dir,
-        table_uri=args.table,
-        models_root=args.models,
-        predictions_path=args.predictions,
-        truth_path=args.truth,
-        dataset=args.dataset,
-    )
-    report = evaluate(config)
-    json_path, md_path = write_report(report, args.out)
-    print(to_markdown(report))
-    print(f"written: {json_path}, {md_path}")
+    result = evaluate.run(options_from_args(evaluate.EvalConfig, args))
+    print(evaluate.to_markdown(result.report))
+    print(f"written: {result.json_path}, {result.markdown_path}")
     return 0
 
 
@@ -196,20 +187,15 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from hsmr_data import predict
 
-    if bool(args.images) == bool(args.dataset) or (args.images and not args.boxes):
-        print("error: give --dataset NAME=SPEC (repeatable), or --images DIR with --boxes boxes.json", file=sys.stderr)
+    config = options_from_args(predict.PredictConfig, args)
+    try:
+        predict.check_inputs(config)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
         return 2
-    predictor = predict.Predictor(predict.PredictConfig(args.checkpoint, args.models, args.batch_size, args.device))
-    with tqdm(unit="person", desc=f"predict ({predictor.device})") as bar:
-        if args.images:
-            result = predict.predict_images(predictor, args.images, args.boxes, args.out, args.overlays, bar.update)
-        else:
-            result = predict.predict_dataset(predictor, args.dataset, args.out, bar.update)
-    print(json.dumps(asdict(result), indent=2))
+    print(json.dumps(asdict(predict.run(config)), indent=2))
     return 0
 
 
@@ -233,7 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     from hsmr_data.conversion import ConvertOptions
     from hsmr_data.dashboard import DEMO as DEMO_DASHBOARD
     from hsmr_data.dashboard import WRITER_FIELDS, DashboardConfig
+    from hsmr_data.evaluate import EvalConfig
     from hsmr_data.export import ExportConfig
+    from hsmr_data.predict import PredictConfig
     from hsmr_data.refine import RefineOptions
     from hsmr_data.train_run import TrainOptions
 
@@ -297,13 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_motion.set_defaults(run=_data_motion)
 
     evaluation = commands.add_parser("eval", help="score the labels (and predictions) against the synthetic truth")
-    evaluation.add_argument("--dataset-dir", required=True, help="folder holding shards/*.tar and truth/")
-    evaluation.add_argument("--table", help="label table URI; omit it for held-out people, who have no labels")
-    evaluation.add_argument("--models", default=STORAGE.models, help="body models in the standard layout")
-    evaluation.add_argument("--predictions", help="a training run's predictions.parquet")
-    evaluation.add_argument("--truth", help="ground-truth Parquet (default: DATASET_DIR/truth/ground_truth.parquet)")
-    evaluation.add_argument("--dataset", default="synth", help="dataset name of the shards' samples")
-    evaluation.add_argument("--out", default=STORAGE.report("eval"), help="folder for evaluation.json and .md")
+    add_options(evaluation, EvalConfig)
     evaluation.set_defaults(run=_eval)
 
     dashboard = commands.add_parser("dashboard", help="write the label-quality HTML page of a label table")
@@ -323,19 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(run=_train)
 
     predict = commands.add_parser("predict", help="run a trained network on HMR2.0-style tars or on images with boxes")
-    predict.add_argument("--checkpoint", required=True, help="a training run folder or its checkpoint.pt")
-    predict.add_argument(
-        "--dataset", action="append", help="NAME=SPEC of HMR2.0-style tars (a folder, a brace pattern, pipe:, a URL)"
-    )
-    predict.add_argument("--images", help="a folder of images; their people come from --boxes")
-    predict.add_argument(
-        "--boxes", help='boxes.json: {"IMAGE": [{"box": [x0, y0, x1, y1]} or {"center": [x, y], "scale": s}]}'
-    )
-    predict.add_argument("--overlays", help="with --images: a folder for one overlay PNG per image")
-    predict.add_argument("--out", default="predictions.parquet", help="the Parquet table to write")
-    predict.add_argument("--models", default=STORAGE.models, help="body models in the standard layout")
-    predict.add_argument("--batch-size", type=int, default=32)
-    predict.add_argument("--device", default="auto", help='"auto" (CUDA when present), "cpu", "cuda:1", ...')
+    add_options(predict, PredictConfig)
     predict.set_defaults(run=_predict)
 
     curves = commands.add_parser("curves", help="learning curves of training runs (metrics.jsonl) as a PNG")

@@ -67,6 +67,7 @@ class EvalConfig:
     truth_path: str | None = None
     dataset: str = "synth"
     batch_size: int = 128
+    out_dir: str = layout.DEFAULT.report("eval")  # where `run` writes evaluation.json and evaluation.md
 
     @property
     def truth(self) -> str:
@@ -410,3 +411,17 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> tuple[Path, Pat
     json_path.write_text(json.dumps(_without_nan(report), indent=2, allow_nan=False))
     md_path.write_text(to_markdown(report))
     return json_path, md_path
+
+
+@dataclass
+class EvalResult:
+    report: dict[str, Any]
+    json_path: str
+    markdown_path: str
+
+
+def run(config: EvalConfig) -> EvalResult:
+    """Evaluate and write the report to `config.out_dir`: the front door of `hsmr eval` and the pipeline."""
+    report = evaluate(config)
+    json_path, md_path = write_report(report, config.out_dir)
+    return EvalResult(report, str(json_path), str(md_path))
