@@ -21,7 +21,7 @@ import argparse
 import json
 import sys
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -173,7 +173,10 @@ def main(argv: list[str] | None = None) -> int:
     task_runner = build_task_runner(
         args.runner, args.max_workers, args.dask_address, args.dask_cluster_class, args.dask_cluster_kwargs
     )
-    report = convert_smpl_to_skel.with_options(task_runner=task_runner)(options_from_args(ConvertOptions, args))
+    options = options_from_args(ConvertOptions, args)
+    if not options.dataset_dir and not options.datasets:  # no dataset named: the demo's, as the flow's default
+        options = replace(options, dataset_dir=DEMO.dataset_dir)
+    report = convert_smpl_to_skel.with_options(task_runner=task_runner)(options)
     print(json.dumps(report, indent=2))
     return 0
 
