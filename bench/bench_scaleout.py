@@ -46,12 +46,13 @@ def conversion_samples_per_s(dataset_dir: Path, models: str, table: Path, worker
     from distributed import LocalCluster
 
     from flows.convert import build_task_runner, convert_smpl_to_skel
+    from hsmr_data.conversion import ConvertOptions
 
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         runner = build_task_runner("dask", dask_address=cluster.scheduler_address)
         started = time.perf_counter()
         report = convert_smpl_to_skel.with_options(task_runner=runner)(
-            dataset_dir=str(dataset_dir), table_uri=str(table), models_root=models, device="cpu"
+            ConvertOptions(dataset_dir=str(dataset_dir), table_uri=str(table), models_root=models, device="cpu")
         )
         return report["summary"]["samples"] / (time.perf_counter() - started)
 

@@ -15,8 +15,6 @@ records, so a rerun after a crash does only the missing chunks and can never ser
         -p config='{"dataset_dir": "storage/datasets/synth", "table_uri": "storage/labels/synth"}'
 """
 
-from __future__ import annotations
-
 import argparse
 import json
 import sys

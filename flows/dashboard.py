@@ -9,8 +9,6 @@ parameter is `hsmr_data.dashboard.DashboardConfig`; its default is the demo's pa
     python -m flows.dashboard --table URI --dataset-dir DIR --out PAGE.html
 """
 
-from __future__ import annotations
-
 import argparse
 import json
 import sys

@@ -8,8 +8,6 @@ The flow's parameter is `hsmr_data.export.ExportConfig`:
     python -m flows.export --table URI --dataset synth=DIR --out storage/shards
 """
 
-from __future__ import annotations
-
 import argparse
 import json
 import sys

@@ -8,8 +8,6 @@ a markdown artifact saying what was written. The flow's parameter is `hsmr_data.
     python -m flows.predict --checkpoint RUN --images DIR --boxes boxes.json --out predictions.parquet
 """
 
-from __future__ import annotations
-
 import argparse
 import json
 import sys

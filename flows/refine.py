@@ -10,8 +10,6 @@ round's statistics. The flow's one parameter is `hsmr_data.refine.RefineOptions`
     prefect deployment run refine-round/local -p config='{"predictions": "RUN/predictions.parquet"}'
 """
 
-from __future__ import annotations
-
 import argparse
 import json
 import sys

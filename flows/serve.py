@@ -6,7 +6,7 @@
         -p config='{"dataset_dir": "storage/datasets/synth", "table_uri": "storage/labels/synth"}'
     prefect deployment run label-dashboard/local    # the demo's table; -p config='{"table_uri": ...}' for another
     prefect deployment run convert-sequences/local \
-        -p input_path=storage/datasets/motion/sequences -p out_dir=storage/skel_sequences
+        -p config='{"input_path": "storage/datasets/motion/sequences", "out_dir": "storage/skel_sequences"}'
 
 Flow runs execute in subprocesses started from this process's working directory, so relative paths
 in parameters are relative to where `make serve` runs (the repository root).

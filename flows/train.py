@@ -12,8 +12,6 @@ one parameter is `hsmr_data.train_run.TrainOptions`:
     prefect deployment run train-hsmr/local -p config='{"nproc": 8, "loader_workers": 6, "refine_every": 230}'
 """
 
-from __future__ import annotations
-
 import argparse
 import json
 import sys

@@ -119,20 +119,12 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _convert_seq(args: argparse.Namespace) -> int:
-    from hsmr_data.sequences import SequenceConfig, SequenceConverter, convert_sequences
-    from hsmr_model.skel_fit import SkelFitConfig
+    from hsmr_data import sequences
 
-    config = SequenceConfig(
-        batch_size=args.batch_size,
-        overlap=args.overlap,
-        smoothness=args.smoothness,
-        fit=SkelFitConfig(device=args.device),
+    report = sequences.run(
+        options_from_args(sequences.SequenceOptions, args), on_sequence=lambda o: print(json.dumps(asdict(o)))
     )
-    converter = SequenceConverter(BodyModelPaths.from_root(args.models), config)
-    outcomes = convert_sequences(
-        args.input, args.out, converter, lambda o: print(json.dumps(asdict(o))), args.table, args.dataset
-    )
-    return 1 if any(o.status == "quarantined" for o in outcomes) else 0
+    return 1 if report.sequences["quarantined"] else 0
 
 
 def _data_motion(args: argparse.Namespace) -> int:
@@ -223,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     from hsmr_data.export import ExportConfig
     from hsmr_data.predict import PredictConfig
     from hsmr_data.refine import RefineOptions
+    from hsmr_data.sequences import SequenceOptions
     from hsmr_data.train_run import TrainOptions
 
     parser = argparse.ArgumentParser(prog="hsmr", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -266,15 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.set_defaults(run=_convert)
 
     convert_seq = commands.add_parser("convert-seq", help="SMPL motion sequences (AMASS-style .npz) to SKEL sequences")
-    convert_seq.add_argument("--input", required=True, help="a sequence .npz or a folder of them (recursive)")
-    convert_seq.add_argument("--out", required=True, help="folder for one SKEL .npz per sequence (existing ones kept)")
-    convert_seq.add_argument("--models", default=STORAGE.models, help="body models (SMPL of each gender, SKEL)")
-    convert_seq.add_argument("--device", default="auto", help='"auto" (CUDA when present), "cpu", "cuda:1", ...')
-    convert_seq.add_argument("--batch-size", type=int, default=256, help="frames fitted together")
-    convert_seq.add_argument("--overlap", type=int, default=8, help="frames each batch shares with the previous one")
-    convert_seq.add_argument("--smoothness", type=float, default=1.0, help="temporal smoothness weight; 0: off")
-    convert_seq.add_argument("--table", help="also commit one row per frame to this label table")
-    convert_seq.add_argument("--dataset", default="motion", help="dataset name of the table rows")
+    add_options(convert_seq, SequenceOptions)
     convert_seq.set_defaults(run=_convert_seq)
 
     data_motion = data.add_parser("motion", help="write the synthetic motion sequences (AMASS-style) and their truth")

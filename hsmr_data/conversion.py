@@ -27,7 +27,7 @@ from hsmr_data.datasets import DatasetSpec, parse_datasets, shard_label
 from hsmr_data.filters import FilterConfig, apply_filters, clean_confidences
 from hsmr_data.hmr2_format import read_shards
 from hsmr_data.param_files import read_param_file
-from hsmr_data.progress import Progress
+from hsmr_data.progress import Progress, gather
 from hsmr_data.quarantine import Quarantine
 from hsmr_data.records import PersonSample
 from hsmr_model import camera
@@ -263,18 +263,8 @@ def convert_chunks(
     label_table.create_or_open(config.table_uri)  # once, before parallel chunks race to create it
     converter = Converter(config)  # the body models, loaded once and shared by every chunk
     names = ", ".join(spec.name for spec in config.specs)
-    outcomes: list[ChunkOutcome] = []
-    failed: dict[str, str] = {}
     with Progress(f"convert {names} on {converter.device}", total=len(chunks), unit="chunk") as progress:
-        for chunk, result in run_chunks(converter, chunks):
-            if isinstance(result, Exception):  # every chunk gets its chance before the run fails
-                failed[chunk.id] = repr(result)
-            else:
-                outcomes.append(result)
-                if on_chunk is not None:
-                    on_chunk(result)
-            progress.update(1)
-    return outcomes, failed
+        return gather(run_chunks(converter, chunks), progress, on_chunk, name=lambda chunk: chunk.id)
 
 
 def convert_dataset(

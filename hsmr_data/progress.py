@@ -15,7 +15,8 @@ description carries the count, so the UI shows what the bar shows.
 from __future__ import annotations
 
 import sys
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 from tqdm import tqdm
 
@@ -89,3 +90,31 @@ class Progress:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+Outcome = TypeVar("Outcome")
+
+
+def gather(
+    results: Iterable[tuple[Any, Outcome | Exception]],
+    progress: Progress,
+    on_done: Callable[[Outcome], None] | None = None,
+    name: Callable[[Any], str] = str,
+) -> tuple[list[Outcome], dict[str, str]]:
+    """Collect what a runner yields, (unit, its outcome or the error that stopped it), as units finish:
+    the outcomes in that order (`on_done` after each) and the errors by `name(unit)`; one step of
+    `progress` each.
+
+    The runner is the step's (units one after the other in this process) or its flow's (Prefect tasks on
+    threads or Dask workers), so the library's loop serves both and every unit gets its chance."""
+    outcomes: list[Outcome] = []
+    failed: dict[str, str] = {}
+    for unit, result in results:
+        if isinstance(result, Exception):
+            failed[name(unit)] = repr(result)
+        else:
+            outcomes.append(result)
+            if on_done is not None:
+                on_done(result)
+        progress.update(1)
+    return outcomes, failed

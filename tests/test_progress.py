@@ -94,3 +94,14 @@ def test_unknown_total_reaches_100_percent_at_the_end_only(prefect_api):
     assert state.result() == 0.0
     (artifact,) = _progress_artifacts(state.state_details.flow_run_id)
     assert artifact.data == pytest.approx(100.0) and artifact.description == "people: 10 person"
+
+
+def test_gather_keeps_outcomes_in_finishing_order_and_errors_by_name():
+    from hsmr_data.progress import Progress, gather
+
+    done = []
+    results = [("a", 1), ("b", OSError("disk went away")), ("c", 3)]
+    with Progress("units", total=3, disable=True) as progress:
+        outcomes, failed = gather(iter(results), progress, done.append, name=str.upper)
+    assert outcomes == [1, 3] and done == [1, 3]
+    assert failed == {"B": "OSError('disk went away')"} and progress.n == 3
