@@ -1,4 +1,6 @@
-"""`hsmr`: the command line for the steps that have no Prefect flow yet.
+"""`hsmr`: the command line. Each step's command calls its library front door, `run(config)`, the same one
+its Prefect flow calls, with options derived from the config dataclass (`hsmr_data.options`); paths default
+to the storage layout (`hsmr_data.layout`). See docs/ARCHITECTURE.md.
 
 hsmr models synth --out storage/models      write the synthetic SMPL/SKEL stand-ins
 hsmr models check --root DIR                load and validate model files (real or synthetic); names
@@ -17,6 +19,8 @@ hsmr eval --dataset-dir DIR [--table URI] [--predictions P] [--out storage/repor
                                             synthetic world's truth: the paper's Tables 1-4 as JSON + markdown
 hsmr dashboard --table URI [--dataset-dir DIR] [--out storage/reports/label_dashboard.html]
                                             the label-quality page (no Prefect; the label-dashboard flow's steps)
+hsmr train [--index INDEX.json ...] [--out RUN] [--recipe cpu|paper] [--steps N] [--nproc N]
+                                            the HSMR network on exported shards (resumes in RUN)
 hsmr refine [--predictions RUN/predictions.parquet] [--table URI] [--dataset-dir DIR] [--round K] [--latest M]
                                             one SKELify refinement round of the label table (no Prefect; the
                                             same steps as the refine-round flow)
