@@ -100,7 +100,10 @@ def add_options(
         if field.name in skip:
             continue
         flag = field.metadata.get("flag") or SHORT_FLAGS.get(field.name) or "--" + field.name.replace("_", "-")
-        parser.add_argument(flag, **_option(field, hints[field.name], defaults))
+        option = _option(field, hints[field.name], defaults)
+        if option.get("action") is not argparse.BooleanOptionalAction and "choices" not in option:
+            option.setdefault("metavar", flag.lstrip("-").replace("-", "_").upper())  # --table TABLE
+        parser.add_argument(flag, **option)
 
 
 def options_from_args(config_type: type, args: argparse.Namespace, defaults: Any = None, **values: Any):
