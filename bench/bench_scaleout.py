@@ -27,6 +27,7 @@ from bench_train import make_index  # bench/ is on sys.path when a script runs
 from results import write_result
 
 from hsmr_data import train_run
+from hsmr_data.layout import DEFAULT as STORAGE
 from hsmr_data.synthetic.world import SynthConfig, generate_dataset
 from hsmr_data.train_run import TrainingRun
 from hsmr_data.training import TrainConfig
@@ -68,8 +69,8 @@ def task_bytes(models: str) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="storage/models")
-    parser.add_argument("--out", default="storage/bench/scaleout.json")
+    parser.add_argument("--models", default=STORAGE.models)
+    parser.add_argument("--out", default=STORAGE.bench_file("scaleout.json"))
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--loader-workers", type=int, default=2)

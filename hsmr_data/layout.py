@@ -73,9 +73,9 @@ class DataRoot:
     def dashboard(self) -> str:
         return self._join("reports", "label_dashboard.html")
 
-    @property
-    def bench(self) -> str:
-        return self._join("bench")
+    def bench_file(self, name: str) -> str:
+        """A benchmark's JSON (`make bench` writes them all here)."""
+        return self._join("bench", name)
 
     def quarantine(self, dataset: str) -> str:
         return self._join("quarantine", dataset)
