@@ -80,7 +80,7 @@ def link_page(page: Path, table_uri: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.dashboard", description=__doc__.split("\n\n")[0])
     add_options(parser, DashboardConfig, skip=WRITER_FIELDS, defaults=DEMO)
-    result = label_dashboard(options_from_args(DashboardConfig, parser.parse_args(argv), DEMO))
+    result = label_dashboard(options_from_args(DashboardConfig, parser.parse_args(argv), DEMO, WRITER_FIELDS))
     print(json.dumps({"page": result["page"], "rounds": result["rounds"]}))
     return 0
 

@@ -152,7 +152,9 @@ def _eval(args: argparse.Namespace) -> int:
 def _dashboard(args: argparse.Namespace) -> int:
     from hsmr_data import dashboard
 
-    page, summary = dashboard.run(options_from_args(dashboard.DashboardConfig, args, dashboard.DEMO))
+    page, summary = dashboard.run(
+        options_from_args(dashboard.DashboardConfig, args, dashboard.DEMO, dashboard.WRITER_FIELDS)
+    )
     print(dashboard.summary_markdown(summary))
     print(f"written: {page}")
     return 0

@@ -106,12 +106,15 @@ def add_options(
         parser.add_argument(flag, **option)
 
 
-def options_from_args(config_type: type, args: argparse.Namespace, defaults: Any = None, **values: Any):
-    """The `config_type` of the parsed options; `values` set fields that have no option (see `skip`), and the
-    instance `defaults` (as given to `add_options`) the repeatable ones not given."""
+def options_from_args(
+    config_type: type, args: argparse.Namespace, defaults: Any = None, skip: tuple[str, ...] = (), **values: Any
+):
+    """The `config_type` of the parsed options (`defaults` and `skip` as given to `add_options`: a skipped
+    field is not read from `args`, where another option may have its name); `values` set fields that have
+    no option, and the instance `defaults` the repeatable ones not given."""
     hints = typing.get_type_hints(config_type)
     for field in dataclasses.fields(config_type):
-        if field.name in values or not hasattr(args, field.name):
+        if field.name in values or field.name in skip or not hasattr(args, field.name):
             continue
         value = getattr(args, field.name)
         origin = typing.get_origin(_strip_optional(hints[field.name]))

@@ -75,3 +75,11 @@ def test_an_instance_gives_the_defaults_even_of_required_fields():
     assert options_from_args(Example, parser.parse_args([]), defaults=demo) == demo
     given = options_from_args(Example, parser.parse_args(["--index", "x.json", "--latest", "9"]), defaults=demo)
     assert given == Example("storage/labels/synth", latest=9, indexes=("x.json",))
+
+
+def test_a_skipped_field_is_not_read_from_a_namespace_that_has_its_name():
+    parser = argparse.ArgumentParser()
+    add_options(parser, Example, skip=("latest",))
+    parser.set_defaults(latest=print)  # e.g. the command's handler, stored under the field's name
+    args = parser.parse_args(["--table", "T"])
+    assert options_from_args(Example, args, skip=("latest",)) == Example("T")
