@@ -38,7 +38,7 @@ from hsmr_data.layout import DEMO_DATASET, DataRoot
 from hsmr_data.predict import PredictConfig
 from hsmr_data.refine import RefineOptions
 from hsmr_data.synthetic.body_models import ensure_synthetic_models
-from hsmr_data.synthetic.world import SynthConfig, generate_dataset
+from hsmr_data.synthetic.world import HELD_OUT, SynthConfig, generate_dataset
 from hsmr_data.train_run import TrainOptions
 
 FLOW_NAME = "pipeline"
@@ -58,9 +58,6 @@ def pipeline_paths(root: str | Path) -> dict[str, str]:
         "test_reports": layout.report("test"),
         "dashboard": layout.dashboard,
     }
-
-
-HELD_OUT = 0.1  # the share of people in each of the val and test splits
 
 
 def ensure_dataset(dataset_dir: str, models_root: str, count: int, seed: int) -> dict[str, Any]:

@@ -80,18 +80,9 @@ def _keypoints(args: argparse.Namespace) -> int:
 
 
 def _data_synth(args: argparse.Namespace) -> int:
-    from hsmr_data.synthetic.body_models import ensure_synthetic_models
-    from hsmr_data.synthetic.world import SynthConfig, generate_dataset
+    from hsmr_data.synthetic import world
 
-    config = SynthConfig(
-        count=args.n,
-        seed=args.seed,
-        hard_fraction=args.hard_fraction,
-        dataset=args.dataset,
-        val_fraction=args.val_fraction,
-        test_fraction=args.test_fraction,
-    )
-    summary = generate_dataset(ensure_synthetic_models(args.models), Path(args.out), config)
+    summary = world.run(options_from_args(world.SynthOptions, args))
     print(json.dumps(asdict(summary), indent=2))
     return 0
 
@@ -222,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     from hsmr_data.predict import PredictConfig
     from hsmr_data.refine import RefineOptions
     from hsmr_data.sequences import SequenceOptions
+    from hsmr_data.synthetic.world import SynthOptions
     from hsmr_data.train_run import TrainOptions
 
     parser = argparse.ArgumentParser(prog="hsmr", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -249,15 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = commands.add_parser("data", help="datasets").add_subparsers(dest="action", required=True)
     data_synth = data.add_parser("synth", help="write the synthetic dataset: HMR2.0-style tars plus the hidden truth")
-    data_synth.add_argument("--n", type=int, required=True, help="number of people")
-    data_synth.add_argument("--out", required=True, help="output folder (shards/, truth/, contact_sheet.png)")
-    data_synth.add_argument("--seed", type=int, default=0)
-    data_synth.add_argument("--hard-fraction", type=float, default=0.2, help="share of MOYO-like hard poses and views")
-    data_synth.add_argument("--dataset", default="synth", help="dataset name, the prefix of every sample key")
-    held_out = "share of the people held out as a dataset of its own in OUT/{}"
-    data_synth.add_argument("--val-fraction", type=float, default=0.1, help=held_out.format("val"))
-    data_synth.add_argument("--test-fraction", type=float, default=0.1, help=held_out.format("test"))
-    data_synth.add_argument("--models", default=STORAGE.models, help="body models (synthetic ones written if absent)")
+    add_options(data_synth, SynthOptions)
     data_synth.set_defaults(run=_data_synth)
 
     convert = commands.add_parser("convert", help="convert SMPL pseudo-GT shards into SKEL labels (round 0)")

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
+from hsmr_data import layout
 from hsmr_data.hmr2_format import write_shards
 from hsmr_data.progress import Progress
 from hsmr_data.records import PersonSample
@@ -485,3 +486,38 @@ def contact_sheet(samples: list[PersonSample], columns: int = 4) -> np.ndarray:
         tiles.append(np.zeros_like(tiles[0]))
     rows = [np.concatenate(tiles[r : r + columns], axis=1) for r in range(0, len(tiles), columns)]
     return np.concatenate(rows, axis=0)
+
+
+# ------------------------------------------------------------------------------ the step's front door
+HELD_OUT = 0.1  # the share of people in each of the val and test splits that `hsmr data synth` and the demo ask
+
+
+@dataclass(frozen=True)
+class SynthOptions:
+    """A synthetic dataset as `hsmr data synth` (and the pipeline) asks for it: flat, JSON-able."""
+
+    count: int = field(metadata={"flag": "--n", "help": "number of people"})
+    out_dir: str = field(metadata={"flag": "--out", "help": "output folder (shards/, truth/, contact_sheet.png)"})
+    seed: int = SynthConfig.seed
+    hard_fraction: float = field(default=SynthConfig.hard_fraction, metadata={"help": "share of MOYO-like poses"})
+    dataset: str = field(default=SynthConfig.dataset, metadata={"help": "dataset name, the prefix of every key"})
+    val_fraction: float = field(default=HELD_OUT, metadata={"help": "share of people held out in OUT/val"})
+    test_fraction: float = field(default=HELD_OUT, metadata={"help": "share of people held out in OUT/test"})
+    models_root: str = field(default=layout.DEFAULT.models, metadata={"help": "body models (written if absent)"})
+
+    def config(self) -> SynthConfig:
+        return SynthConfig(
+            count=self.count,
+            seed=self.seed,
+            hard_fraction=self.hard_fraction,
+            dataset=self.dataset,
+            val_fraction=self.val_fraction,
+            test_fraction=self.test_fraction,
+        )
+
+
+def run(options: SynthOptions) -> SynthSummary:
+    """Write the dataset `options` describe (people on a progress bar): the front door of `hsmr data synth`."""
+    from hsmr_data.synthetic.body_models import ensure_synthetic_models
+
+    return generate_dataset(ensure_synthetic_models(options.models_root), options.out_dir, options.config())
