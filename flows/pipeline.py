@@ -10,13 +10,13 @@ what is missing.
 
     make demo                       # = python -m flows.pipeline
     python -m flows.pipeline --root storage --count 256 --train-steps 120
+    prefect deployment run pipeline/local -p config='{"count": 64}'
 """
-
-from __future__ import annotations
 
 import argparse
 import json
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from hsmr_data.evaluate import EvalConfig
 from hsmr_data.export import ExportConfig
 from hsmr_data.layout import DEFAULT as STORAGE
 from hsmr_data.layout import DEMO_DATASET, DataRoot
+from hsmr_data.options import add_options, options_from_args
 from hsmr_data.predict import PredictConfig
 from hsmr_data.refine import RefineOptions
 from hsmr_data.synthetic.body_models import ensure_synthetic_models
@@ -77,19 +78,30 @@ def ensure_dataset(dataset_dir: str, models_root: str, count: int, seed: int) ->
     return {"dataset_dir": dataset_dir, "generated": True, "seconds": summary.seconds}
 
 
+@dataclass(frozen=True)
+class PipelineOptions:
+    """The demo's settings: the synthetic world under `root`, a tiny network, refinement inside training."""
+
+    root: str = field(default=STORAGE.root, metadata={"help": "data root (hsmr_data.layout)"})
+    count: int = field(default=256, metadata={"help": "people in the synthetic dataset"})
+    seed: int = 0
+    train_steps: int = field(default=120, metadata={"help": "a tiny network on the CPU: ~1-3 s a step"})
+    batch_size: int = 8
+    refine_warmup: int = 60
+    refine_every: int = field(default=40, metadata={"help": "SKELify inside training every N steps (0: off)"})
+    refine_latest: int = 256
+    device: str = "auto"
+
+
+DEMO = PipelineOptions()  # `make demo`: 256 people under storage/
+
+
 @flow(name=FLOW_NAME, persist_result=False)
-def pipeline(
-    root: str = STORAGE.root,
-    count: int = 256,
-    seed: int = 0,
-    train_steps: int = 120,
-    batch_size: int = 8,
-    refine_warmup: int = 60,
-    refine_every: int = 40,
-    refine_latest: int = 256,
-    device: str = "auto",
-) -> dict[str, Any]:
-    """Run every step on the synthetic world under `root`; returns where the results are."""
+def pipeline(config: PipelineOptions = DEMO) -> dict[str, Any]:
+    """Run every step on the synthetic world under `config.root`; returns where the results are."""
+    root, count, seed, device = config.root, config.count, config.seed, config.device
+    train_steps, batch_size = config.train_steps, config.batch_size
+    refine_warmup, refine_every, refine_latest = config.refine_warmup, config.refine_every, config.refine_latest
     logger = get_run_logger()
     paths = pipeline_paths(root)
     ensure_synthetic_models(paths["models"])
@@ -156,23 +168,8 @@ def pipeline(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.pipeline", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", default=STORAGE.root, help="data root (hsmr_data.layout)")
-    parser.add_argument("--count", type=int, default=256, help="people in the synthetic dataset")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--train-steps", type=int, default=120, help="a tiny network on the CPU: ~1-3 s a step")
-    parser.add_argument("--refine-every", type=int, default=40, help="SKELify inside training every N steps (0: off)")
-    parser.add_argument("--refine-warmup", type=int, default=60)
-    parser.add_argument("--device", default="auto")
-    args = parser.parse_args(argv)
-    result = pipeline(
-        root=args.root,
-        count=args.count,
-        seed=args.seed,
-        train_steps=args.train_steps,
-        refine_every=args.refine_every,
-        refine_warmup=args.refine_warmup,
-        device=args.device,
-    )
+    add_options(parser, PipelineOptions)
+    result = pipeline(options_from_args(PipelineOptions, parser.parse_args(argv)))
     print(json.dumps(result, indent=2))
     print(f"\nlabel-quality dashboard: {result['dashboard']}\nevaluation report:       {result['report']}")
     print(f"held-out test report:    {result['test_report']}")
