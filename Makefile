@@ -6,12 +6,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 MODELS := storage/models
-# The demo's dataset and label table; `make convert DATASET_DIR=... TABLE=...` converts another.
+# `make convert DATASET_DIR=... TABLE=...` converts another dataset, `make refine-round RUN_DIR=...` refines
+# from another run; left unset, the flows take the demo's paths from hsmr_data/layout.py (storage/...).
 SYNTH_N ?= 256
-DATASET_DIR ?= storage/datasets/synth
-TABLE ?= storage/labels/synth
-# The training run whose latest checkpoint's predictions `make refine-round` refines (train-hsmr's default).
-RUN_DIR ?= storage/runs/hsmr-tiny
+DATASET_DIR ?=
+TABLE ?=
+RUN_DIR ?=
+# The options each is passed as, only when set.
+DATA_OPTIONS = $(if $(DATASET_DIR),--dataset-dir $(DATASET_DIR)) $(if $(TABLE),--table $(TABLE))
 PREFECT_PORT ?= 4200
 
 # Prefect on this machine (see flows/settings.py): its database and results under storage/, no
@@ -50,19 +52,19 @@ bodies: models
 	$(BIN)/hsmr demo --models $(MODELS) --out storage/demo
 
 convert: setup
-	$(BIN)/python -m flows.convert --dataset-dir $(DATASET_DIR) --table $(TABLE) --models $(MODELS)
+	$(BIN)/python -m flows.convert $(DATA_OPTIONS) --models $(MODELS)
 
 # The label-quality page of the demo's table (storage/reports/label_dashboard.html, open it in a browser)
 # and its Prefect artifacts; the flow's defaults are the demo's paths, so it takes no argument.
 dashboard: setup
 	$(BIN)/python -m flows.dashboard
 
-# One SKELify refinement round (the refine-round flow, the default refiner of `hsmr study refine`) of the demo's table on the
-# predictions the training run in RUN_DIR wrote at its latest checkpoint; the round's statistics go next to
-# the table ($(TABLE)-rounds/). A rerun on the same predictions is recognised as done.
+# One SKELify refinement round (the refine-round flow, the default refiner chosen by `hsmr study refine`) of the
+# demo's table on the predictions the training run (RUN_DIR, default the demo's) wrote at its latest checkpoint;
+# the round's statistics go next to the table ({table}-rounds/). A rerun on the same predictions is recognised as done.
 refine-round: setup
-	$(BIN)/python -m flows.refine --predictions $(RUN_DIR)/predictions.parquet --table $(TABLE) \
-		--dataset-dir $(DATASET_DIR) --models $(MODELS)
+	$(BIN)/python -m flows.refine $(if $(RUN_DIR),--predictions $(RUN_DIR)/predictions.parquet) $(DATA_OPTIONS) \
+		--models $(MODELS)
 
 # A Prefect server with its UI at http://127.0.0.1:$(PREFECT_PORT) (SQLite under PREFECT_HOME), and
 # in another shell the deployments of every flow, served by one process against it.

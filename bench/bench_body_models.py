@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from results import write_result  # bench/ is on sys.path when a script runs
 
+from hsmr_data.layout import DEFAULT as STORAGE
 from hsmr_data.synthetic.poses import sample_betas, sample_skel_poses
 from hsmr_model.model_files import BodyModelPaths
 from hsmr_model.skel_layer import SKELLayer
@@ -151,8 +152,8 @@ def bench_device(skel_path: Path, device: torch.device, min_seconds: float) -> l
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="storage/models")
-    parser.add_argument("--out", default="storage/bench/body_models.json")
+    parser.add_argument("--models", default=STORAGE.models)
+    parser.add_argument("--out", default=STORAGE.bench_file("body_models.json"))
     parser.add_argument("--min-seconds", type=float, default=1.0, help="time spent per measurement")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
     args = parser.parse_args()

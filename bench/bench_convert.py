@@ -28,6 +28,7 @@ import torch
 from reference import package_at  # bench/ is on sys.path when a script runs
 from results import write_result
 
+from hsmr_data.layout import DEFAULT as STORAGE
 from hsmr_data.synthetic.poses import sample_moderate_smpl_params
 from hsmr_model import skel_constants as C
 from hsmr_model import skel_fit
@@ -121,8 +122,8 @@ def bench_baseline(skel, data, smpl, vertices, params, device: torch.device) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="storage/models")
-    parser.add_argument("--out", default="storage/bench/convert.json")
+    parser.add_argument("--models", default=STORAGE.models)
+    parser.add_argument("--out", default=STORAGE.bench_file("convert.json"))
     parser.add_argument("--samples", type=int, default=512)
     parser.add_argument("--baseline-batches", default="16,64", help="batch sizes the baseline runs at ('' for none)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from results import write_result  # bench/ is on sys.path when a script runs
 
+from hsmr_data.layout import DEFAULT as STORAGE
 from hsmr_data.predict import Crop, PredictConfig, Predictor
 from hsmr_model.network import HSMRNetwork, network_config
 
@@ -48,8 +49,8 @@ def throughput(predictor: Predictor, crops: list[Crop], repeats: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="storage/models")
-    parser.add_argument("--out", default="storage/bench/predict.json")
+    parser.add_argument("--models", default=STORAGE.models)
+    parser.add_argument("--out", default=STORAGE.bench_file("predict.json"))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--sizes", default="tiny,small")
     parser.add_argument("--batch-size", type=int, default=32)

@@ -27,6 +27,7 @@ from bench_train import make_index  # bench/ is on sys.path when a script runs
 from results import write_result
 
 from hsmr_data import train_run
+from hsmr_data.layout import DEFAULT as STORAGE
 from hsmr_data.synthetic.world import SynthConfig, generate_dataset
 from hsmr_data.train_run import TrainingRun
 from hsmr_data.training import TrainConfig
@@ -46,12 +47,13 @@ def conversion_samples_per_s(dataset_dir: Path, models: str, table: Path, worker
     from distributed import LocalCluster
 
     from flows.convert import build_task_runner, convert_smpl_to_skel
+    from hsmr_data.conversion import ConvertOptions
 
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         runner = build_task_runner("dask", dask_address=cluster.scheduler_address)
         started = time.perf_counter()
         report = convert_smpl_to_skel.with_options(task_runner=runner)(
-            dataset_dir=str(dataset_dir), table_uri=str(table), models_root=models, device="cpu"
+            ConvertOptions(dataset_dir=str(dataset_dir), table_uri=str(table), models_root=models, device="cpu")
         )
         return report["summary"]["samples"] / (time.perf_counter() - started)
 
@@ -67,8 +69,8 @@ def task_bytes(models: str) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="storage/models")
-    parser.add_argument("--out", default="storage/bench/scaleout.json")
+    parser.add_argument("--models", default=STORAGE.models)
+    parser.add_argument("--out", default=STORAGE.bench_file("scaleout.json"))
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--loader-workers", type=int, default=2)

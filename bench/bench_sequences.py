@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from results import write_result  # bench/ is on sys.path when a script runs
 
+from hsmr_data.layout import DEFAULT as STORAGE
 from hsmr_data.sequences import SequenceConfig, SequenceConverter, SkelSequence, batch_starts, read_amass_npz
 from hsmr_data.synthetic.body_models import ensure_synthetic_models
 from hsmr_data.synthetic.motion import MOTIONS, MotionTruth, read_truth, write_motion_sequences
@@ -142,9 +143,11 @@ def run_baseline(paths, path, truth: MotionTruth, frames: int, batch: int, devic
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="storage/models")
-    parser.add_argument("--motion-dir", default="storage/bench/motion", help="the synthetic motions (made if absent)")
-    parser.add_argument("--out", default="storage/bench/sequences.json")
+    parser.add_argument("--models", default=STORAGE.models)
+    parser.add_argument(
+        "--motion-dir", default=STORAGE.bench_file("motion"), help="the synthetic motions (made if absent)"
+    )
+    parser.add_argument("--out", default=STORAGE.bench_file("sequences.json"))
     parser.add_argument("--frames", type=int, default=90, help="frames per synthetic motion (30 per second)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--overlap", type=int, default=8)

@@ -37,6 +37,7 @@ import torch
 from reference import package_at  # bench/ is on sys.path when a script runs
 from results import write_result
 
+from hsmr_data.layout import DEFAULT as STORAGE
 from hsmr_model import camera
 from hsmr_model import skel_constants as C
 from hsmr_model.devices import resolve_device
@@ -171,8 +172,8 @@ def reference_comparison(args, people: dict, skel: SKELLayer, regressor: VertexR
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="storage/models")
-    parser.add_argument("--out", default="storage/bench/skelify.json")
+    parser.add_argument("--models", default=STORAGE.models)
+    parser.add_argument("--out", default=STORAGE.bench_file("skelify.json"))
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[256, 2048])
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")

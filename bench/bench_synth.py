@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from results import write_result  # bench/ is on sys.path when a script runs
 
+from hsmr_data.layout import DEFAULT as STORAGE
 from hsmr_data.render import rasterize, shade
 from hsmr_data.synthetic.poses import sample_true_poses
 from hsmr_data.synthetic.world import SynthConfig, WorldModels, clothing_colours, cluttered_background, generate_dataset
@@ -72,8 +73,8 @@ def bench_generation(paths: BodyModelPaths, count: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="storage/models")
-    parser.add_argument("--out", default="storage/bench/synth.json")
+    parser.add_argument("--models", default=STORAGE.models)
+    parser.add_argument("--out", default=STORAGE.bench_file("synth.json"))
     parser.add_argument("--count", type=int, default=1000)
     args = parser.parse_args()
     paths = BodyModelPaths.from_root(args.models)

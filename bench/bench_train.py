@@ -26,6 +26,7 @@ from results import write_result  # bench/ is on sys.path when a script runs
 
 from hsmr_data import export
 from hsmr_data import label_table as lt
+from hsmr_data.layout import DEFAULT as STORAGE
 from hsmr_data.synthetic.world import SynthConfig, generate_dataset
 from hsmr_data.train_data import AugmentConfig, MixedSampler, ShardDataset, TrainingBatches
 from hsmr_data.training import TrainConfig, Trainer
@@ -84,8 +85,8 @@ def training_throughput(config: TrainConfig, batch: dict, steps: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="storage/models")
-    parser.add_argument("--out", default="storage/bench/train.json")
+    parser.add_argument("--models", default=STORAGE.models)
+    parser.add_argument("--out", default=STORAGE.bench_file("train.json"))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--sizes", default="tiny")
     parser.add_argument("--batch-size", type=int, default=16)

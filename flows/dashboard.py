@@ -1,14 +1,13 @@
 """The `label-dashboard` flow: the label-quality page of a label table, and its numbers as artifacts.
 
-Thin wiring around `hsmr_data.dashboard`: write the self-contained HTML page (open it in any browser,
-no server needed), then a table artifact (one row per dataset and round) and a markdown artifact with
-the same numbers and where the page is. Defaults are the demo's storage paths, so
+Thin wiring around `hsmr_data.dashboard.run` (the front door `hsmr dashboard` calls too): write the
+self-contained HTML page (open it in any browser, no server needed), then a table artifact (one row per
+dataset and round) and a markdown artifact with the same numbers and where the page is. The flow's
+parameter is `hsmr_data.dashboard.DashboardConfig`; its default is the demo's paths, so
 
     make dashboard                 # = python -m flows.dashboard
     python -m flows.dashboard --table URI --dataset-dir DIR --out PAGE.html
 """
-
-from __future__ import annotations
 
 import argparse
 import json
@@ -20,28 +19,20 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from flows.settings import artifact_key
-from hsmr_data.dashboard import DashboardConfig, LiveDashboard, page_next_to, summary_markdown, write_dashboard
+from hsmr_data import dashboard
+from hsmr_data.dashboard import DEMO, WRITER_FIELDS, DashboardConfig, LiveDashboard, page_next_to, summary_markdown
+from hsmr_data.options import add_options, options_from_args
 
 FLOW_NAME = "label-dashboard"
-DEFAULT_TABLE = "storage/labels/synth"
-DEFAULT_DATASET_DIR = "storage/datasets/synth"
-DEFAULT_MODELS = "storage/models"
-DEFAULT_OUT = "storage/reports/label_dashboard.html"
 
 
 @flow(name=FLOW_NAME, persist_result=False)
-def label_dashboard(
-    table_uri: str = DEFAULT_TABLE,
-    dataset_dir: str | None = DEFAULT_DATASET_DIR,
-    models_root: str = DEFAULT_MODELS,
-    out_path: str = DEFAULT_OUT,
-    gallery_size: int = 8,
-) -> dict[str, Any]:
-    """Write the dashboard of `table_uri` to `out_path`; `dataset_dir` (shards, truth) adds the gallery and
-    the error against the truth, None leaves them out. Returns the page's path and the summary."""
-    config = DashboardConfig(table_uri, dataset_dir or None, models_root, gallery_size=gallery_size)
-    page, summary = write_dashboard(config, out_path)
-    get_run_logger().info("label dashboard of %s: %s", table_uri, page.resolve())
+def label_dashboard(config: DashboardConfig = DEMO) -> dict[str, Any]:
+    """Write the dashboard of `config.table_uri` to `config.out_path`; `dataset_dir` (shards, truth) adds the
+    gallery and the error against the truth, None or "" leaves them out. Returns the page's path and the
+    summary."""
+    page, summary = dashboard.run(config)
+    get_run_logger().info("label dashboard of %s: %s", config.table_uri, page.resolve())
     publish(summary, page)
     return {"page": str(page.resolve()), **summary}
 
@@ -88,13 +79,8 @@ def link_page(page: Path, table_uri: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.dashboard", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--table", default=DEFAULT_TABLE, help="label table URI")
-    parser.add_argument("--dataset-dir", default=DEFAULT_DATASET_DIR, help='shards and truth; "" for none')
-    parser.add_argument("--models", default=DEFAULT_MODELS, help="body models in the standard layout")
-    parser.add_argument("--out", default=DEFAULT_OUT, help="the HTML page to write")
-    parser.add_argument("--gallery-size", type=int, default=8)
-    args = parser.parse_args(argv)
-    result = label_dashboard(args.table, args.dataset_dir or None, args.models, args.out, args.gallery_size)
+    add_options(parser, DashboardConfig, skip=WRITER_FIELDS, defaults=DEMO)
+    result = label_dashboard(options_from_args(DashboardConfig, parser.parse_args(argv), DEMO, WRITER_FIELDS))
     print(json.dumps({"page": result["page"], "rounds": result["rounds"]}))
     return 0
 

@@ -3,7 +3,7 @@
     prefect server start                                   # or a Prefect server you already run
     python -m flows.deploy --pool hsmr                     # creates a `process` pool if missing
     prefect worker start --pool hsmr                       # on each machine that should run flows
-    prefect deployment run convert-smpl-to-skel/hsmr -p dataset_dir=... -p table_uri=...
+    prefect deployment run convert-smpl-to-skel/hsmr -p config='{"dataset_dir": "...", "table_uri": "..."}'
 
 `serve` (flows/serve.py) runs the flows inside the serving process; a work pool decouples the two: the
 server queues runs, any number of workers (on this machine, on cluster nodes, in containers) pick them

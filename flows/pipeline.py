@@ -10,13 +10,13 @@ what is missing.
 
     make demo                       # = python -m flows.pipeline
     python -m flows.pipeline --root storage --count 256 --train-steps 120
+    prefect deployment run pipeline/local -p config='{"count": 64}'
 """
-
-from __future__ import annotations
 
 import argparse
 import json
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,30 +28,37 @@ from flows.export import export_shards
 from flows.predict import predict_flow
 from flows.refine import refine_round_flow
 from flows.train import train_hsmr
-from hsmr_data.evaluate import EvalConfig, evaluate, write_report
+from hsmr_data import evaluate
+from hsmr_data.conversion import ConvertOptions
+from hsmr_data.dashboard import DashboardConfig
+from hsmr_data.evaluate import EvalConfig
+from hsmr_data.export import ExportConfig
+from hsmr_data.layout import DEFAULT as STORAGE
+from hsmr_data.layout import DEMO_DATASET, DataRoot
+from hsmr_data.options import add_options, options_from_args
+from hsmr_data.predict import PredictConfig
+from hsmr_data.refine import RefineOptions
 from hsmr_data.synthetic.body_models import ensure_synthetic_models
-from hsmr_data.synthetic.world import SynthConfig, generate_dataset
+from hsmr_data.synthetic.world import HELD_OUT, SynthConfig, generate_dataset
+from hsmr_data.train_run import TrainOptions
 
 FLOW_NAME = "pipeline"
-DATASET = "synth"
+DATASET = DEMO_DATASET
 
 
 def pipeline_paths(root: str | Path) -> dict[str, str]:
-    """Where each step reads and writes under the data root."""
-    root = Path(root)
+    """Where each step reads and writes under the data root (`hsmr_data.layout`)."""
+    layout = DataRoot(str(root))
     return {
-        "models": str(root / "models"),
-        "dataset": str(root / "datasets" / DATASET),
-        "table": str(root / "labels" / DATASET),
-        "shards": str(root / "shards"),
-        "run": str(root / "runs" / "hsmr-tiny"),
-        "reports": str(root / "reports"),
-        "test_reports": str(root / "reports" / "test"),
-        "dashboard": str(root / "reports" / "label_dashboard.html"),
+        "models": layout.models,
+        "dataset": layout.dataset(DATASET),
+        "table": layout.table(DATASET),
+        "shards": layout.shards,
+        "run": layout.run(),
+        "reports": layout.reports,
+        "test_reports": layout.report("test"),
+        "dashboard": layout.dashboard,
     }
-
-
-HELD_OUT = 0.1  # the share of people in each of the val and test splits
 
 
 def ensure_dataset(dataset_dir: str, models_root: str, count: int, seed: int) -> dict[str, Any]:
@@ -71,19 +78,30 @@ def ensure_dataset(dataset_dir: str, models_root: str, count: int, seed: int) ->
     return {"dataset_dir": dataset_dir, "generated": True, "seconds": summary.seconds}
 
 
+@dataclass(frozen=True)
+class PipelineOptions:
+    """The demo's settings: the synthetic world under `root`, a tiny network, refinement inside training."""
+
+    root: str = field(default=STORAGE.root, metadata={"help": "data root (hsmr_data.layout)"})
+    count: int = field(default=256, metadata={"help": "people in the synthetic dataset"})
+    seed: int = 0
+    train_steps: int = field(default=120, metadata={"help": "a tiny network on the CPU: ~1-3 s a step"})
+    batch_size: int = 8
+    refine_warmup: int = 60
+    refine_every: int = field(default=40, metadata={"help": "SKELify inside training every N steps (0: off)"})
+    refine_latest: int = 256
+    device: str = "auto"
+
+
+DEMO = PipelineOptions()  # `make demo`: 256 people under storage/
+
+
 @flow(name=FLOW_NAME, persist_result=False)
-def pipeline(
-    root: str = "storage",
-    count: int = 256,
-    seed: int = 0,
-    train_steps: int = 120,
-    batch_size: int = 8,
-    refine_warmup: int = 60,
-    refine_every: int = 40,
-    refine_latest: int = 256,
-    device: str = "auto",
-) -> dict[str, Any]:
-    """Run every step on the synthetic world under `root`; returns where the results are."""
+def pipeline(config: PipelineOptions = DEMO) -> dict[str, Any]:
+    """Run every step on the synthetic world under `config.root`; returns where the results are."""
+    root, count, seed, device = config.root, config.count, config.seed, config.device
+    train_steps, batch_size = config.train_steps, config.batch_size
+    refine_warmup, refine_every, refine_latest = config.refine_warmup, config.refine_every, config.refine_latest
     logger = get_run_logger()
     paths = pipeline_paths(root)
     ensure_synthetic_models(paths["models"])
@@ -92,38 +110,47 @@ def pipeline(
 
     # The dashboard the demo prints is live from the first committed chunk on (it reloads itself).
     conversion = convert_smpl_to_skel(
-        paths["dataset"], paths["table"], paths["models"], DATASET, device, dashboard_path=paths["dashboard"]
-    )
-    exported = export_shards(paths["table"], {DATASET: paths["dataset"]}, paths["shards"])
-    trained = train_hsmr(
-        [exported["index"]],
-        paths["run"],
-        models_root=paths["models"],
-        steps=train_steps,
-        batch_size=batch_size,
-        device=device,
-        refine_every=refine_every,
-        refine_warmup=refine_warmup,
-        refine_latest=refine_latest,
-        table_uri=paths["table"],
-        dataset_dir=paths["dataset"],
+        ConvertOptions(paths["dataset"], paths["table"], paths["models"], DATASET, device),
         dashboard_path=paths["dashboard"],
+    )
+    exported = export_shards(ExportConfig(paths["table"], {DATASET: paths["dataset"]}, paths["shards"]))
+    trained = train_hsmr(
+        TrainOptions(
+            indexes=(exported["index"],),
+            out_dir=paths["run"],
+            models_root=paths["models"],
+            steps=train_steps,
+            batch_size=batch_size,
+            device=device,
+            refine_every=refine_every,
+            refine_warmup=refine_warmup,
+            refine_latest=refine_latest,
+            table_uri=paths["table"],
+            dataset_dir=paths["dataset"],
+            dashboard_path=paths["dashboard"],
+        )
     )
     refined = refine_round_flow(
-        trained["predictions"], paths["table"], paths["dataset"], DATASET, paths["models"], device,
+        RefineOptions(trained["predictions"], paths["table"], paths["dataset"], DATASET, paths["models"], device),
         dashboard_path=paths["dashboard"],
-    )  # fmt: skip
-    evaluation = evaluate(EvalConfig(paths["dataset"], paths["table"], paths["models"], trained["predictions"]))
-    report_json, report_md = write_report(evaluation, paths["reports"])
+    )
+    evaluation = evaluate.run(
+        EvalConfig(paths["dataset"], paths["table"], paths["models"], trained["predictions"], out_dir=paths["reports"])
+    )
     test_dir = str(Path(paths["dataset"]) / "test")
     predicted = predict_flow(
-        trained["checkpoint"], [f"{DATASET}={test_dir}"], out=str(Path(paths["run"]) / "test_predictions.parquet"),
-        models_root=paths["models"], device=device,
+        PredictConfig(
+            trained["checkpoint"], paths["models"], device=device, datasets=(f"{DATASET}={test_dir}",),
+            out=str(Path(paths["run"]) / "test_predictions.parquet"),
+        )
     )  # fmt: skip
-    held_out = evaluate(EvalConfig(test_dir, None, paths["models"], predicted["predictions"]))
-    test_json, test_md = write_report(held_out, paths["test_reports"])
-    dashboard = label_dashboard(paths["table"], paths["dataset"], paths["models"], paths["dashboard"])
-    logger.info("dashboard: %s; report: %s", paths["dashboard"], report_md)
+    held_out = evaluate.run(
+        EvalConfig(test_dir, None, paths["models"], predicted["predictions"], out_dir=paths["test_reports"])
+    )
+    dashboard = label_dashboard(
+        DashboardConfig(paths["table"], paths["dataset"], paths["models"], out_path=paths["dashboard"])
+    )
+    logger.info("dashboard: %s; report: %s", paths["dashboard"], evaluation.markdown_path)
     return {
         "label_table": paths["table"],
         "conversion": conversion["summary"],
@@ -131,33 +158,18 @@ def pipeline(
         "checkpoint": trained["checkpoint"],
         "refinement_rounds_in_training": trained["refinement_rounds"],
         "refine_round": {"round": refined["round"], "status": refined["status"]},
-        "report": str(report_md),
-        "report_json": str(report_json),
-        "test_report": str(test_md),
-        "test_report_json": str(test_json),
+        "report": evaluation.markdown_path,
+        "report_json": evaluation.json_path,
+        "test_report": held_out.markdown_path,
+        "test_report_json": held_out.json_path,
         "dashboard": dashboard["page"],
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.pipeline", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", default="storage", help="data root: models, datasets, labels, shards, runs, reports")
-    parser.add_argument("--count", type=int, default=256, help="people in the synthetic dataset")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--train-steps", type=int, default=120, help="a tiny network on the CPU: ~1-3 s a step")
-    parser.add_argument("--refine-every", type=int, default=40, help="SKELify inside training every N steps (0: off)")
-    parser.add_argument("--refine-warmup", type=int, default=60)
-    parser.add_argument("--device", default="auto")
-    args = parser.parse_args(argv)
-    result = pipeline(
-        root=args.root,
-        count=args.count,
-        seed=args.seed,
-        train_steps=args.train_steps,
-        refine_every=args.refine_every,
-        refine_warmup=args.refine_warmup,
-        device=args.device,
-    )
+    add_options(parser, PipelineOptions)
+    result = pipeline(options_from_args(PipelineOptions, parser.parse_args(argv)))
     print(json.dumps(result, indent=2))
     print(f"\nlabel-quality dashboard: {result['dashboard']}\nevaluation report:       {result['report']}")
     print(f"held-out test report:    {result['test_report']}")

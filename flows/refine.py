@@ -1,20 +1,18 @@
 """The `refine-round` flow: one SKELify refinement round of the label table on a training run's latest predictions.
 
-Thin wiring around `hsmr_data.refine`: the round runs as one retried task (retrying is safe: the commit
-is one idempotent Delta transaction, and a round that already committed these predictions is
-recognised and skipped), then a table and a markdown artifact of the round's statistics.
+Thin wiring around `hsmr_data.refine.run` (the front door `hsmr refine` calls too): the round runs as one
+retried task (retrying is safe: the commit is one idempotent Delta transaction, and a round that already
+committed these predictions is recognised and skipped), then a table and a markdown artifact of the
+round's statistics. The flow's one parameter is `hsmr_data.refine.RefineOptions`:
 
     python -m flows.refine      # the demo's paths: storage/runs/hsmr-tiny/predictions.parquet, storage/labels/synth
     python -m flows.refine --predictions RUN/predictions.parquet --table URI --dataset-dir DIR
+    prefect deployment run refine-round/local -p config='{"predictions": "RUN/predictions.parquet"}'
 """
-
-from __future__ import annotations
 
 import argparse
 import json
 import sys
-from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -24,114 +22,50 @@ from prefect.cache_policies import NO_CACHE
 from flows.dashboard import live_page
 from flows.settings import artifact_key
 from hsmr_data import refine
-from hsmr_data.refine import DEFAULT_STAGES, RefineConfig, Refiner, RoundResult
-from hsmr_model.skelify import SkelifyConfig
+from hsmr_data.options import add_options, options_from_args
+from hsmr_data.refine import RefineOptions, RoundResult
 
 FLOW_NAME = "refine-round"
-DEFAULT_PREDICTIONS = "storage/runs/hsmr-tiny/predictions.parquet"  # the train-hsmr flow's default run
-DEFAULT_TABLE = "storage/labels/synth"
-DEFAULT_DATASET_DIR = "storage/datasets/synth"
-
-
-def refine_config(
-    table_uri: str = DEFAULT_TABLE,
-    dataset_dir: str = DEFAULT_DATASET_DIR,
-    dataset: str = "synth",
-    models_root: str = "storage/models",
-    device: str = "auto",
-    batch_size: int = 256,
-    latest: int = RefineConfig.latest,
-    max_abs_beta: float = RefineConfig.max_abs_beta,
-    steps: int = DEFAULT_STAGES[0].steps,
-    max_iter: int = SkelifyConfig.max_iter,
-) -> RefineConfig:
-    """The library's configuration from plain (JSON-able) parameters: the default refiner, `steps` LBFGS steps of
-    at most `max_iter` iterations (10 and 20 in the paper; fewer for a quick look on a CPU)."""
-    return RefineConfig(
-        table_uri=str(table_uri),
-        dataset_dirs={dataset: str(dataset_dir)},
-        models_root=str(models_root),
-        latest=latest,
-        max_abs_beta=max_abs_beta,
-        skelify=SkelifyConfig(
-            stages=(replace(DEFAULT_STAGES[0], steps=steps),), max_iter=max_iter, batch_size=batch_size, device=device
-        ),
-    )
-
-
-def load_predictions(path: str):
-    """A training run's predictions, or a FileNotFoundError that says where they come from."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(
-            f"no predictions at {path}: a training run (hsmr_data.training.Trainer) writes predictions.parquet "
-            "into its out_dir at every checkpoint"
-        )
-    return refine.read_predictions(path)
+DEMO = RefineOptions()  # the demo's paths and the paper's refiner
 
 
 # NO_CACHE: the table and the round's statistics file, not Prefect's result store, say what is done.
 @task(name="skelify-round", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE, persist_result=False)
-def run_round(refiner: Refiner, predictions: str, round: int | None) -> RoundResult:
-    return refine.refine_round(refiner, load_predictions(predictions), round)
+def run_round(config: RefineOptions) -> RoundResult:
+    return refine.run(config)
 
 
 @flow(name=FLOW_NAME, persist_result=False)
 def refine_round_flow(
-    predictions: str = DEFAULT_PREDICTIONS,
-    table_uri: str = DEFAULT_TABLE,
-    dataset_dir: str = DEFAULT_DATASET_DIR,
-    dataset: str = "synth",
-    models_root: str = "storage/models",
-    device: str = "auto",
-    batch_size: int = 256,
-    latest: int = RefineConfig.latest,
-    max_abs_beta: float = RefineConfig.max_abs_beta,
-    steps: int = DEFAULT_STAGES[0].steps,
-    max_iter: int = SkelifyConfig.max_iter,
-    round: int | None = None,
-    dashboard: bool = True,
-    dashboard_path: str | None = None,
+    config: RefineOptions = DEMO, dashboard: bool = True, dashboard_path: str | None = None
 ) -> dict[str, Any]:
-    """Refine the labels of `table_uri` with SKELify from the latest `latest` predictions; `round` None: the next.
+    """Refine the labels of `config.table_uri` with SKELify from the latest `config.latest` predictions.
 
     With `dashboard`, a committed round rewrites the label dashboard (`dashboard_path`, by default
     `{table_uri}-dashboard.html`). Returns the round, its status ("committed" or "skipped"), where its
     statistics are, and the statistics.
     """
-    config = refine_config(
-        table_uri,
-        dataset_dir,
-        dataset,
-        models_root,
-        device,
-        batch_size,
-        latest,
-        max_abs_beta,
-        steps,
-        max_iter,
-    )
-    logger = get_run_logger()
-    refiner = Refiner(config)  # the body models, loaded once
-    logger.info("refining %s from %s on %s", config.table_uri, predictions, refiner.device)
-    result = run_round(refiner, predictions, round)
+    get_run_logger().info("refining %s from %s", config.table_uri, config.predictions)
+    result = run_round(config)
     report = {"round": result.round, "status": result.status, "stats_path": result.stats_path, "stats": result.stats}
-    publish_round(config, report)
-    page = live_page(FLOW_NAME, table_uri, dataset_dir, models_root, dashboard_path) if dashboard else None
-    if page is not None and result.status == "committed":
-        page.finish()
+    publish_round(config.table_uri, report)
+    if dashboard:
+        page = live_page(FLOW_NAME, config.table_uri, config.dataset_dir, config.models_root, dashboard_path)
+        if page is not None and result.status == "committed":
+            page.finish()
     return report
 
 
-def publish_round(config: RefineConfig, report: dict[str, Any]) -> None:
+def publish_round(table_uri: str, report: dict[str, Any]) -> None:
     """A table artifact (one row per dataset and one for all) and a markdown summary of the round."""
     stats = report["stats"]
     groups = {"all": stats["all"], **stats["per_dataset"]}
     rows = [{"dataset": name, **values} for name, values in groups.items()]
-    key = artifact_key("refine", config.table_uri)
+    key = artifact_key("refine", table_uri)
     create_table_artifact(rows, key=f"{key}-round-stats", description=f"refinement round {report['round']}")
     overall = stats["all"]
     lines = [
-        f"# {FLOW_NAME} {report['round']}: `{config.table_uri}` ({report['status']})",
+        f"# {FLOW_NAME} {report['round']}: `{table_uri}` ({report['status']})",
         f"- predictions refined: {overall['samples']} of {stats['predictions']} "
         f"(no label row: {stats['no_label']}, no source sample: {stats['no_source']})",
         f"- improved by the margin ({stats['min_improvement']:.0%}): {overall['improved']}, replaced: "
@@ -148,33 +82,8 @@ def publish_round(config: RefineConfig, report: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.refine", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--predictions", default=DEFAULT_PREDICTIONS, help="a training run's predictions.parquet")
-    parser.add_argument("--table", default=DEFAULT_TABLE, help="label table URI")
-    parser.add_argument("--dataset-dir", default=DEFAULT_DATASET_DIR, help="the source dataset (shards/*.tar)")
-    parser.add_argument("--dataset", default="synth", help="the dataset name in the predictions and the table")
-    parser.add_argument("--models", default="storage/models", help="body models in the standard layout")
-    parser.add_argument("--device", default="auto", help='"auto" (CUDA when present), "cpu", "cuda:1", ...')
-    parser.add_argument("--batch-size", type=int, default=256, help="samples per LBFGS problem")
-    parser.add_argument("--latest", type=int, default=RefineConfig.latest, help="refine the latest M predictions")
-    parser.add_argument("--max-abs-beta", type=float, default=RefineConfig.max_abs_beta)
-    parser.add_argument("--steps", type=int, default=DEFAULT_STAGES[0].steps, help="LBFGS steps (the paper: 10)")
-    parser.add_argument("--max-iter", type=int, default=SkelifyConfig.max_iter, help="iterations per LBFGS step")
-    parser.add_argument("--round", type=int, help="the round to commit (default: the next one)")
-    args = parser.parse_args(argv)
-    report = refine_round_flow(
-        predictions=args.predictions,
-        table_uri=args.table,
-        dataset_dir=args.dataset_dir,
-        dataset=args.dataset,
-        models_root=args.models,
-        device=args.device,
-        batch_size=args.batch_size,
-        latest=args.latest,
-        max_abs_beta=args.max_abs_beta,
-        steps=args.steps,
-        max_iter=args.max_iter,
-        round=args.round,
-    )
+    add_options(parser, RefineOptions)
+    report = refine_round_flow(options_from_args(RefineOptions, parser.parse_args(argv)))
     print(json.dumps(report, indent=2))
     return 0
 

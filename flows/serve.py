@@ -3,10 +3,10 @@
     make server   # one shell: the API and UI at http://127.0.0.1:4200
     make serve    # another: this module, with PREFECT_API_URL=http://127.0.0.1:4200/api
     prefect deployment run convert-smpl-to-skel/local \\
-        -p dataset_dir=storage/datasets/synth -p table_uri=storage/labels/synth
-    prefect deployment run label-dashboard/local    # the demo's table; -p table_uri=... for another
+        -p config='{"dataset_dir": "storage/datasets/synth", "table_uri": "storage/labels/synth"}'
+    prefect deployment run label-dashboard/local    # the demo's table; -p config='{"table_uri": ...}' for another
     prefect deployment run convert-sequences/local \
-        -p input_path=storage/datasets/motion/sequences -p out_dir=storage/skel_sequences
+        -p config='{"input_path": "storage/datasets/motion/sequences", "out_dir": "storage/skel_sequences"}'
 
 Flow runs execute in subprocesses started from this process's working directory, so relative paths
 in parameters are relative to where `make serve` runs (the repository root).

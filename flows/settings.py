@@ -19,8 +19,10 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
+from hsmr_data.layout import DEFAULT, DataRoot
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_PREFECT_HOME = REPO_ROOT / "storage" / "prefect"
+DEFAULT_PREFECT_HOME = Path(DataRoot(str(REPO_ROOT / DEFAULT.root)).prefect_home)
 
 
 def local_prefect_defaults(prefect_home: Path | str = DEFAULT_PREFECT_HOME) -> dict[str, str]:

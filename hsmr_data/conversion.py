@@ -12,7 +12,8 @@ uninterrupted run gives. Everything here is plain Python; the Prefect flow only 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,12 +21,13 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from hsmr_data import label_table
-from hsmr_data.datasets import DatasetSpec, shard_label
+from hsmr_data import label_table, layout
+from hsmr_data.datasets import DatasetSpec, parse_datasets, shard_label
 from hsmr_data.filters import FilterConfig, apply_filters, clean_confidences
 from hsmr_data.geometry import box_sides
 from hsmr_data.hmr2_format import read_shards
 from hsmr_data.param_files import read_param_file
+from hsmr_data.progress import Progress, gather
 from hsmr_data.quarantine import Quarantine
 from hsmr_data.records import PersonSample
 from hsmr_model import camera
@@ -43,7 +45,7 @@ class ConvertConfig:
 
     dataset_dir: str | None  # a plain dataset (a folder holding shards/*.tar, or any SPEC) named `dataset`
     table_uri: str  # the label table (a local path or any URI deltalake opens)
-    models_root: str = "storage/models"
+    models_root: str = layout.DEFAULT.models
     dataset: str = "synth"
     skel_sex: str = SKEL_SEX
     fit: SkelFitConfig = field(default_factory=SkelFitConfig)
@@ -69,7 +71,7 @@ class ConvertConfig:
         if self.quarantine_root is not None:
             return Path(self.quarantine_root) / spec.name
         local = spec.local_dir
-        return local / "quarantine" if local is not None else Path("storage/quarantine") / spec.name
+        return local / "quarantine" if local is not None else Path(layout.DEFAULT.quarantine(spec.name))
 
 
 @dataclass(frozen=True)
@@ -211,19 +213,37 @@ def summarize(labels: pa.Table) -> dict:
     }
 
 
+# A chunk runner converts the chunks it is given (in this process, or as tasks of a flow on threads or Dask
+# workers) and yields each chunk with its outcome, or with the error that stopped it, as they finish.
+ChunkRunner = Callable[[Converter, list[Chunk]], Iterable[tuple[Chunk, ChunkOutcome | Exception]]]
+
+
+def convert_in_order(converter: Converter, chunks: list[Chunk]) -> Iterator[tuple[Chunk, ChunkOutcome]]:
+    """The plain runner: chunk after chunk in this process; an error stops the run."""
+    for chunk in chunks:
+        yield chunk, convert_chunk(converter, chunk)
+
+
+def convert_chunks(
+    config: ConvertConfig,
+    run_chunks: ChunkRunner = convert_in_order,
+    on_chunk: Callable[[ChunkOutcome], None] | None = None,
+) -> tuple[list[ChunkOutcome], dict[str, str]]:
+    """Convert every chunk through `run_chunks`, calling `on_chunk` after each that finished, with a progress
+    bar (a progress artifact in a flow). Returns the outcomes and the failed chunks' errors by chunk id."""
+    chunks = list_chunks(config)  # a dataset without shards fails before the models load
+    label_table.create_or_open(config.table_uri)  # once, before parallel chunks race to create it
+    converter = Converter(config)  # the body models, loaded once and shared by every chunk
+    names = ", ".join(spec.name for spec in config.specs)
+    with Progress(f"convert {names} on {converter.device}", total=len(chunks), unit="chunk") as progress:
+        return gather(run_chunks(converter, chunks), progress, on_chunk, name=lambda chunk: chunk.id)
+
+
 def convert_dataset(
     config: ConvertConfig, on_chunk: Callable[[ChunkOutcome], None] | None = None
 ) -> list[ChunkOutcome]:
-    """Convert every chunk in order (the plain-Python twin of the flow), calling `on_chunk` after each."""
-    chunks = list_chunks(config)  # a dataset without shards fails before the models load
-    label_table.create_or_open(config.table_uri)
-    converter = Converter(config)
-    outcomes = []
-    for chunk in chunks:
-        outcomes.append(convert_chunk(converter, chunk))
-        if on_chunk is not None:
-            on_chunk(outcomes[-1])
-    return outcomes
+    """Convert every chunk in order in this process, calling `on_chunk` after each."""
+    return convert_chunks(config, on_chunk=on_chunk)[0]
 
 
 def quarantined_by_dataset(outcomes: list[ChunkOutcome]) -> dict[str, int]:
@@ -232,3 +252,88 @@ def quarantined_by_dataset(outcomes: list[ChunkOutcome]) -> dict[str, int]:
     for outcome in outcomes:
         counts[outcome.dataset] = counts.get(outcome.dataset, 0) + outcome.quarantined
     return counts
+
+
+# ------------------------------------------------------------------------------ the step's front door
+@dataclass(frozen=True)
+class ConvertOptions:
+    """A conversion as the `hsmr convert` command and the convert-smpl-to-skel flow take it (flat, JSON-able).
+
+    The datasets: `dataset_dir` (a folder holding shards/*.tar, or any SPEC) named `dataset`, and
+    `datasets`, NAME=SPEC each (brace patterns, folders, file:, pipe:, http(s), fsspec URLs; see
+    `hsmr_data.datasets`); a bare NAME among them names `dataset_dir` instead.
+    """
+
+    dataset_dir: str | None = field(default=None, metadata={"help": "a plain dataset folder holding shards/*.tar"})
+    table_uri: str = field(default=layout.DEFAULT.table(), metadata={"flag": "--table", "help": "label table URI"})
+    models_root: str = field(default=layout.DEFAULT.models, metadata={"flag": "--models", "help": "body models"})
+    dataset: str = field(
+        default=layout.DEMO_DATASET, metadata={"flag": "--dataset-name", "help": "the name of --dataset-dir"}
+    )
+    device: str = field(default=SkelFitConfig.device, metadata={"help": '"auto" (CUDA when present), "cpu", ...'})
+    batch_size: int | None = field(
+        default=SkelFitConfig.batch_size,
+        metadata={"help": "fitting batch (none: 256 on a CPU, by memory on CUDA)"},
+    )
+    max_pve_max: float = field(default=FilterConfig.max_pve_max, metadata={"help": "filter: max per-vertex error, m"})
+    max_abs_beta: float = field(default=FilterConfig.max_abs_beta, metadata={"help": "filter: any |beta| above"})
+    min_keypoints: int = field(default=FilterConfig.min_keypoints, metadata={"help": "filter: confident keypoints"})
+    keypoint_conf_floor: float = field(default=FilterConfig.keypoint_conf_floor, metadata={"help": "their confidence"})
+    datasets: tuple[str, ...] = field(
+        default=(), metadata={"flag": "--dataset", "help": "NAME=SPEC: a brace pattern, a folder, file:, pipe:, a URL"}
+    )
+    quarantine_root: str | None = field(
+        default=None, metadata={"flag": "--quarantine", "help": "folder for quarantine reports, one per dataset"}
+    )
+
+    def config(self) -> ConvertConfig:
+        """The library's configuration; a bare NAME in `datasets` names `dataset_dir` (the older command line)."""
+        bare = [item for item in self.datasets if "=" not in item]
+        if len(bare) > 1 or (bare and not self.dataset_dir):
+            raise ValueError("datasets take NAME=SPEC; a bare NAME only names the dataset folder (once)")
+        if not self.dataset_dir and not self.datasets:
+            raise ValueError("no dataset to convert: give a dataset folder or NAME=SPEC datasets")
+        return ConvertConfig(
+            dataset_dir=self.dataset_dir,
+            table_uri=self.table_uri,
+            models_root=self.models_root,
+            dataset=bare[0] if bare else self.dataset,
+            fit=SkelFitConfig(device=self.device, batch_size=self.batch_size),
+            filters=FilterConfig(self.max_pve_max, self.max_abs_beta, self.min_keypoints, self.keypoint_conf_floor),
+            datasets=tuple(parse_datasets([item for item in self.datasets if "=" in item])),
+            quarantine_root=self.quarantine_root,
+        )
+
+
+@dataclass
+class ConvertReport:
+    """What a run did (chunks by outcome, samples quarantined) and the quality of the whole table after it."""
+
+    table_uri: str
+    table_version: int
+    chunks: dict[str, int]  # committed, skipped, empty, failed
+    quarantined: int
+    quarantined_by_dataset: dict[str, int]
+    summary: dict  # `summarize` of the whole table
+    failed: dict[str, str]  # chunk id → the error that stopped it (after retries, in a flow)
+
+
+def run(
+    options: ConvertOptions,
+    run_chunks: ChunkRunner = convert_in_order,
+    on_chunk: Callable[[ChunkOutcome], None] | None = None,
+) -> ConvertReport:
+    """Convert the datasets of `options` into the table: the front door of `hsmr convert` and the flow (which
+    passes its Prefect chunk runner and a dashboard update as `on_chunk`)."""
+    config = options.config()
+    outcomes, failed = convert_chunks(config, run_chunks, on_chunk)
+    statuses = Counter(outcome.status for outcome in outcomes)
+    return ConvertReport(
+        table_uri=config.table_uri,
+        table_version=label_table.history(config.table_uri)[-1]["version"],
+        chunks={status: statuses[status] for status in ("committed", "skipped", "empty")} | {"failed": len(failed)},
+        quarantined=sum(outcome.quarantined for outcome in outcomes),
+        quarantined_by_dataset=quarantined_by_dataset(outcomes),
+        summary=summarize(label_table.read_labels(config.table_uri)),
+        failed=failed,
+    )

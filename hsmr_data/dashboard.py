@@ -31,7 +31,7 @@ from typing import Any
 
 import pyarrow.compute as pc
 
-from hsmr_data import label_table
+from hsmr_data import label_table, layout
 from hsmr_data.dashboard_html import NO_IMAGES, dataset_section, gallery_html, render_page, worst_rows
 from hsmr_data.dashboard_stats import dataset_summary, rounds_of
 from hsmr_data.evaluate import load_samples
@@ -46,7 +46,7 @@ DEFAULT_RELOAD_S = 5  # how often a live page reloads itself
 class DashboardConfig:
     table_uri: str
     dataset_dir: str | None = None  # shards for the gallery; its truth/ground_truth.parquet when present
-    models_root: str = "storage/models"
+    models_root: str = layout.DEFAULT.models
     truth_path: str | None = None  # defaults to dataset_dir/truth/ground_truth.parquet if that exists
     dataset: str = "synth"  # the name read_shards gives the samples of dataset_dir
     gallery_size: int = 8
@@ -54,6 +54,7 @@ class DashboardConfig:
     run: str | None = None  # what is writing the page (a flow run's name), shown in its header
     # While a run is going: the page reloads itself every this many seconds. None: a finished page.
     live_seconds: int | None = None
+    out_path: str = layout.DEFAULT.dashboard  # where `run` writes the page
 
     @property
     def truth(self) -> str | None:
@@ -167,3 +168,13 @@ class LiveDashboard:
     def finish(self) -> tuple[Path, dict[str, Any]]:
         """The final page: no reload, the table as the run left it."""
         return write_dashboard(replace(self.config, live_seconds=None), self.out_path)
+
+
+DEMO = DashboardConfig(layout.DEFAULT.table(), layout.DEFAULT.dataset())  # the demo's table and its dataset
+WRITER_FIELDS = ("run", "live_seconds")  # set by the code that writes a page, not options of the step
+
+
+def run(config: DashboardConfig) -> tuple[Path, dict[str, Any]]:
+    """Write the page to `config.out_path`: the front door of `hsmr dashboard` and the label-dashboard flow.
+    An empty `dataset_dir` means none (no gallery, no truth)."""
+    return write_dashboard(replace(config, dataset_dir=config.dataset_dir or None), config.out_path)

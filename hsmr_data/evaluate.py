@@ -39,11 +39,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from hsmr_data import label_table
+from hsmr_data import label_table, layout
 from hsmr_data.datasets import DatasetSpec
 from hsmr_data.filters import FilterConfig, clean_confidences
 from hsmr_data.geometry import box_sides
 from hsmr_data.hmr2_format import read_shards
+from hsmr_data.progress import Progress
 from hsmr_data.quarantine import Quarantine
 from hsmr_data.records import PersonSample
 from hsmr_model import camera
@@ -59,11 +60,12 @@ SPLITS = ("normal", "hard")
 class EvalConfig:
     dataset_dir: str  # holds shards/*.tar and, by default, truth/ground_truth.parquet
     table_uri: str | None = None  # the label table; None: no label rows (e.g. a held-out split)
-    models_root: str = "storage/models"
+    models_root: str = layout.DEFAULT.models
     predictions_path: str | None = None  # a training run's predictions.parquet
     truth_path: str | None = None
     dataset: str = "synth"
     batch_size: int = 128
+    out_dir: str = layout.DEFAULT.report("eval")  # where `run` writes evaluation.json and evaluation.md
 
     @property
     def truth(self) -> str:
@@ -236,11 +238,15 @@ def evaluate(config: EvalConfig, models: BodyModels | None = None) -> dict[str, 
     split = np.array([truth[i]["split"] for i in ids])
     true_q, true_betas = np.array([truth[i]["q"] for i in ids]), np.array([truth[i]["betas"] for i in ids])
     true_trans = np.array([truth[i]["trans"] for i in ids])
+    # The bodies to pose: the truth, the pseudo-GT, two label rounds, the constant pose, the network.
+    progress = Progress("eval", total=3 + 2 * bool(tables) + (predictions is not None), unit="source")
     true_bodies = skel_bodies(models, true_q, true_betas, true_trans, observed, config.batch_size)
+    progress.update(1)
 
     def labels_source(key: str, label: str, table) -> Source:
         arrays = _label_arrays(table, ids)
         bodies = skel_bodies(models, arrays["q"], arrays["betas"], arrays["trans"], observed, config.batch_size)
+        progress.update(1)
         return Source(key, label, "SKEL", bodies)
 
     pseudo_gt = smpl_bodies(
@@ -251,12 +257,14 @@ def evaluate(config: EvalConfig, models: BodyModels | None = None) -> dict[str, 
         observed,
         config.batch_size,
     )
+    progress.update(1)
     sources = [Source("smpl_pseudo_gt", "SMPL pseudo-GT", "SMPL", pseudo_gt)]
     if tables:
         sources.append(labels_source("smpl_skel_fit", "SMPL + SKEL fit (round 0)", tables[0]))
         sources.append(labels_source("refined_labels", f"refined labels (round {latest_round})", tables[latest_round]))
     constant_q, constant_betas = constant_pose(true_q, true_betas, len(ids))
     constant = skel_bodies(models, constant_q, constant_betas, None, observed, config.batch_size)
+    progress.update(1)
     sources.append(Source("constant", "constant mean pose", "SKEL", constant))
     if predictions is not None:
         by_id = {row["sample_id"]: row for row in predictions}
@@ -265,6 +273,8 @@ def evaluate(config: EvalConfig, models: BodyModels | None = None) -> dict[str, 
         step = max(int(row.get("step", 0)) for row in predictions)
         bodies = skel_bodies(models, q, betas, None, observed, config.batch_size)
         sources.append(Source("network", f"network (step {step})", "SKEL", bodies))
+        progress.update(1)
+    progress.close()
 
     return {
         "dataset_dir": config.dataset_dir,
@@ -383,3 +393,17 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> tuple[Path, Pat
     json_path.write_text(json.dumps(_without_nan(report), indent=2, allow_nan=False))
     md_path.write_text(to_markdown(report))
     return json_path, md_path
+
+
+@dataclass
+class EvalResult:
+    report: dict[str, Any]
+    json_path: str
+    markdown_path: str
+
+
+def run(config: EvalConfig) -> EvalResult:
+    """Evaluate and write the report to `config.out_dir`: the front door of `hsmr eval` and the pipeline."""
+    report = evaluate(config)
+    json_path, md_path = write_report(report, config.out_dir)
+    return EvalResult(report, str(json_path), str(md_path))

@@ -59,7 +59,7 @@ import tarfile
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -67,11 +67,13 @@ import torch
 from deltalake import DeltaTable
 from PIL import Image
 
+from hsmr_data import layout
 from hsmr_data.datasets import DatasetSpec
 from hsmr_data.geometry import crop_image, crop_pixels, crop_side, normalised_keypoints
 from hsmr_data.hmr2_format import DATA_EXT, check_key, read_shards, write_shards
 from hsmr_data.label_table import read_labels
 from hsmr_data.npz_codec import npz_bytes
+from hsmr_data.progress import Progress
 from hsmr_data.quarantine import Quarantine
 from hsmr_data.records import PersonSample, SkelLabel
 from hsmr_data.shard_writer import ShardSpec, write_json, write_resumable_shards
@@ -203,7 +205,9 @@ def _choose(people: list[PersonSample], labels: LabelColumns, dataset: str, coun
     ]
 
 
-def _dataset_items(name: str, sources: list[str], labels: LabelColumns, counts: ExportCounts) -> Iterator[_Item]:
+def _dataset_items(
+    name: str, sources: list[str], labels: LabelColumns, counts: ExportCounts, progress: Progress
+) -> Iterator[_Item]:
     """Every exported person of one dataset in export order; `counts` is complete once this is exhausted."""
     quarantine = Quarantine()
     seen: set[str] = set()
@@ -211,6 +215,7 @@ def _dataset_items(name: str, sources: list[str], labels: LabelColumns, counts: 
         people = list(read_shards(source, name, quarantine))
         seen.update(p.sample_id for p in people)
         yield from _choose(people, labels, name, counts)
+        progress.update(1)
     counts.quarantined = len(quarantine)
     labelled = {sample_id for sample_id, row in labels.row.items() if labels.dataset[row] == name}
     counts.label_without_sample = len(labelled - seen)
@@ -293,18 +298,21 @@ def export_shards(
     counts: dict[str, ExportCounts] = {}
     listings: dict[str, list[dict]] = {}
     written: list[Path] = []
+    sources_of = {spec.name: spec.shard_urls() for spec in specs}
+    progress = Progress("export", total=sum(map(len, sources_of.values())), unit="source shard")
     for spec in specs:
-        name, sources = spec.name, spec.shard_urls()
+        name, sources = spec.name, sources_of[spec.name]
         params = {"format": FORMAT, "label_version": version, "dataset": name, "maxcount": maxcount}
         params |= {"maxsize": maxsize, "sources": _fingerprint(sources)}
         counts[name] = ExportCounts()
-        items = _dataset_items(name, sources, labels, counts[name])
+        items = _dataset_items(name, sources, labels, counts[name], progress)
         encode = functools.partial(encode_sample, label_version=version)
         listings[name], new = write_resumable_shards(
             items, root / name, ShardSpec(maxcount, maxsize, params), encode, key=lambda item: item.sample.sample_id
         )
         counts[name].exported = sum(listing["nsamples"] for listing in listings[name])
         written += new
+    progress.close()
     return _summary(version, root, listings, counts, written, FORMAT)
 
 
@@ -351,9 +359,11 @@ def export_hsmr_tars(
     counts: dict[str, ExportCounts] = {}
     listings: dict[str, list[dict]] = {}
     written: list[Path] = []
+    # People, no total: each dataset is one read across its shards (duplicate keys are refused across them).
+    progress = Progress("export (hsmr)", unit="person")
     for spec in specs:
         counts[spec.name] = ExportCounts()
-        people = _labelled_people(spec.name, spec.shard_urls(), labels, counts[spec.name])
+        people = _labelled_people(spec.name, spec.shard_urls(), labels, counts[spec.name], progress)
         folder = root / spec.name
         folder.mkdir(parents=True, exist_ok=True)
         for stale in folder.glob("[0-9]" * 6 + ".tar"):  # left by an earlier export of more images
@@ -361,11 +371,12 @@ def export_hsmr_tars(
         shards = write_shards(people, folder, maxcount=maxcount, maxsize=maxsize)
         listings[spec.name] = [_tar_listing(shard) for shard in shards]
         written += shards
+    progress.close()
     return _summary(version, root, listings, counts, written, HSMR_FORMAT)
 
 
 def _labelled_people(
-    name: str, sources: list[str], labels: LabelColumns, counts: ExportCounts
+    name: str, sources: list[str], labels: LabelColumns, counts: ExportCounts, progress: Progress
 ) -> Iterator[PersonSample]:
     """The people of the sources in file order, each with its SKEL label and the mirrored one (NaN: no label)."""
     quarantine = Quarantine()
@@ -384,6 +395,7 @@ def _labelled_people(
         counts.exported += 1
         person.skel, person.skel_flip = _skel_labels(labels, row)
         yield person
+        progress.update(1)
     counts.quarantined = len(quarantine)
     labelled = {sample_id for sample_id, row in labels.row.items() if labels.dataset[row] == name}
     counts.label_without_sample = len(labelled - seen)
@@ -424,3 +436,30 @@ def _index(
         "shardlist": shardlist,
         "hsmr": {"format": fmt, "label_version": version, "counts": {n: asdict(c) for n, c in counts.items()}},
     }
+
+
+# ------------------------------------------------------------------------------ the step's front door
+@dataclass(frozen=True)
+class ExportConfig:
+    """An export as the `hsmr export` command and the export-shards flow take it (flat, JSON-able)."""
+
+    table_uri: str = field(default=layout.DEFAULT.table(), metadata={"flag": "--table", "help": "label table URI"})
+    dataset_dirs: dict[str, str] = field(
+        default_factory=lambda: {layout.DEMO_DATASET: layout.DEFAULT.dataset()},
+        metadata={"flag": "--dataset", "help": "a source dataset, NAME=SPEC (a folder, a brace pattern, a URL)"},
+    )
+    out_dir: str = field(default=layout.DEFAULT.shards, metadata={"flag": "--out", "help": "folder for v{version}/"})
+    version: int | None = field(default=None, metadata={"help": "label-table version (default: the latest)"})
+    maxcount: int = field(default=1000, metadata={"help": "samples (hsmr: images) per shard at most"})
+    maxsize: float | None = field(default=None, metadata={"help": "bytes per shard at most (default: the format's)"})
+    format: Literal["pipeline", "hsmr"] = field(
+        default="pipeline",
+        metadata={"help": "pipeline: this project's training shards; hsmr: HMR2.0's tars with HSMR's SKEL labels"},
+    )
+
+
+def run(config: ExportConfig) -> ExportSummary:
+    """Export as `config` says: the front door of `hsmr export` and the export-shards flow."""
+    exporter = export_hsmr_tars if config.format == "hsmr" else export_shards
+    sizes = {} if config.maxsize is None else {"maxsize": config.maxsize}
+    return exporter(config.table_uri, config.dataset_dirs, config.out_dir, config.version, config.maxcount, **sizes)

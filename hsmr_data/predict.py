@@ -18,7 +18,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +27,11 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image, ImageDraw
 
+from hsmr_data import layout
 from hsmr_data.datasets import DatasetSpec
 from hsmr_data.geometry import crop_image, crop_side, focal_in_image
 from hsmr_data.hmr2_format import read_shards
+from hsmr_data.progress import Progress
 from hsmr_data.quarantine import Quarantine
 from hsmr_data.records import PersonSample
 from hsmr_data.render import project, rasterize, shade
@@ -46,10 +48,19 @@ TIGHT_BOX_MARGIN = 1.2  # crop side / longer side of a tight box: how the traini
 
 @dataclass(frozen=True)
 class PredictConfig:
-    checkpoint: str  # a training run folder, or its checkpoint.pt
-    models_root: str = "storage/models"
+    checkpoint: str = field(metadata={"help": "a training run folder or its checkpoint.pt"})
+    models_root: str = layout.DEFAULT.models
     batch_size: int = 32
-    device: str = "auto"
+    device: str = field(default="auto", metadata={"help": '"auto" (CUDA when present), "cpu", "cuda:1", ...'})
+    # What `run` predicts: HMR2.0-style tars, or images with their people's boxes.
+    datasets: tuple[str, ...] = field(
+        default=(),
+        metadata={"flag": "--dataset", "help": "NAME=SPEC of HMR2.0-style tars (a folder, a URL)"},
+    )
+    images: str | None = field(default=None, metadata={"help": "a folder of images; their people come from --boxes"})
+    boxes: str | None = field(default=None, metadata={"help": 'boxes.json: {"IMAGE": [{"box": [x0, y0, x1, y1]}]}'})
+    out: str = field(default=layout.DEFAULT.predictions, metadata={"help": "the Parquet table to write"})
+    overlays: str | None = field(default=None, metadata={"help": "with --images: a folder for overlay PNGs"})
 
 
 @dataclass
@@ -340,3 +351,19 @@ def write_overlay(predictor: Predictor, image_path: Path, people: list[dict], ou
     path = out_dir / f"{image_path.stem}_overlay.png"
     canvas.save(path)
     return path
+
+
+def check_inputs(config: PredictConfig) -> None:
+    """Datasets, or images with their boxes: a ValueError that says so otherwise."""
+    if bool(config.images) == bool(config.datasets) or (config.images and not config.boxes):
+        raise ValueError("give either datasets (--dataset NAME=SPEC) or images (--images DIR) with --boxes boxes.json")
+
+
+def run(config: PredictConfig) -> DatasetPrediction | ImagePrediction:
+    """Predict what `config` names, people on a progress bar: the front door of `hsmr predict` and the flow."""
+    check_inputs(config)
+    predictor = Predictor(config)
+    with Progress(f"predict on {predictor.device}", unit="person") as progress:
+        if config.images:
+            return predict_images(predictor, config.images, config.boxes, config.out, config.overlays, progress.update)
+        return predict_dataset(predictor, list(config.datasets), config.out, progress.update)

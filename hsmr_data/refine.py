@@ -59,7 +59,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from hsmr_data import label_table
+from hsmr_data import label_table, layout
 from hsmr_data.datasets import DatasetSpec
 from hsmr_data.filters import FilterConfig, clean_confidences, count_keypoints
 from hsmr_data.geometry import crop_side
@@ -88,7 +88,7 @@ class RefineConfig:
 
     table_uri: str
     dataset_dirs: Mapping[str, str]  # dataset name (the predictions' `dataset`) → folder holding shards/*.tar
-    models_root: str = "storage/models"
+    models_root: str = layout.DEFAULT.models
     skel_sex: str = SKEL_SEX
     latest: int = 18_000  # M: how many of the most recent predictions a round refines
     max_abs_beta: float = 2.0
@@ -508,3 +508,53 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 def _read_json(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
+# ------------------------------------------------------------------------------ the step's front door
+@dataclass(frozen=True)
+class RefineOptions:
+    """One refinement round as the `hsmr refine` command and the refine-round flow take it (flat, JSON-able):
+    the default refiner (HSMR's objective with hard joint limits), `steps` LBFGS steps of at most `max_iter`
+    iterations (10 and 20 in the paper)."""
+
+    predictions: str = field(default=layout.DEFAULT.run_predictions(), metadata={"help": "predictions.parquet"})
+    table_uri: str = field(default=layout.DEFAULT.table(), metadata={"flag": "--table", "help": "label table URI"})
+    dataset_dir: str = field(default=layout.DEFAULT.dataset(), metadata={"help": "the source dataset (shards/*.tar)"})
+    dataset: str = field(default=layout.DEMO_DATASET, metadata={"help": "its name in the predictions and the table"})
+    models_root: str = field(default=layout.DEFAULT.models, metadata={"flag": "--models", "help": "body models"})
+    device: str = field(default=SkelifyConfig.device, metadata={"help": '"auto" (CUDA when present), "cpu", ...'})
+    batch_size: int = field(default=SkelifyConfig.batch_size, metadata={"help": "samples per LBFGS problem"})
+    latest: int = field(default=RefineConfig.latest, metadata={"help": "refine the latest M predictions"})
+    max_abs_beta: float = field(default=RefineConfig.max_abs_beta, metadata={"help": "replace only below this"})
+    min_improvement: float = field(
+        default=RefineConfig.min_improvement,
+        metadata={"help": "replace only where the new 2D error is below (1 - this) times the stored one"},
+    )
+    max_joint_shift_mm: float | None = field(
+        default=RefineConfig.max_joint_shift_mm,
+        metadata={"help": "3D rule: reject refined labels whose joints moved more than this from the prediction"},
+    )
+    steps: int = field(default=DEFAULT_STAGES[0].steps, metadata={"help": "LBFGS steps of the refiner"})
+    max_iter: int = field(default=SkelifyConfig.max_iter, metadata={"help": "iterations per LBFGS step"})
+    round: int | None = field(default=None, metadata={"help": "the round to commit (default: the next one)"})
+
+    def config(self) -> RefineConfig:
+        skelify = SkelifyConfig(
+            (replace(DEFAULT_STAGES[0], steps=self.steps),),
+            self.max_iter,
+            batch_size=self.batch_size,
+            device=self.device,
+        )
+        return RefineConfig(
+            self.table_uri, {self.dataset: self.dataset_dir}, self.models_root, latest=self.latest,
+            max_abs_beta=self.max_abs_beta, min_improvement=self.min_improvement,
+            max_joint_shift_mm=self.max_joint_shift_mm, skelify=skelify,
+        )  # fmt: skip
+
+
+def run(options: RefineOptions) -> RoundResult:
+    """One round on `options.predictions`: the front door of `hsmr refine` and the refine-round flow."""
+    if not Path(options.predictions).is_file():
+        raise FileNotFoundError(
+            f"no predictions at {options.predictions}: a training run writes predictions.parquet into its run "
+            "folder at every checkpoint, `hsmr predict` writes them for other people"
+        )
+    return refine_round(Refiner(options.config()), read_predictions(options.predictions), options.round)

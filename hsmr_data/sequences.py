@@ -39,16 +39,19 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import torch
 
-from hsmr_data import label_table
+from hsmr_data import label_table, layout
 from hsmr_data.filters import FilterConfig, mesh_verdicts
+from hsmr_data.progress import Progress, gather
 from hsmr_data.quarantine import Quarantine
 from hsmr_model import skel_constants as C
 from hsmr_model.body_models import BodyModels
@@ -554,6 +557,36 @@ def write_quarantine(outcomes: list[SequenceOutcome], out_dir: Path | str) -> Pa
     return path
 
 
+# A sequence runner converts the files it is given (in this process, or as tasks of a flow) and yields each
+# file with its outcome, or with the error that stopped it, as they finish.
+SequenceRunner = Callable[["SequenceConverter", list[Path], "SequenceOptions"], Iterable[tuple[Path, Any]]]
+
+
+def convert_in_order(
+    converter: SequenceConverter, files: list[Path], options: SequenceOptions
+) -> Iterator[tuple[Path, SequenceOutcome]]:
+    """The plain runner: file after file in this process; an error stops the run."""
+    for path in files:
+        yield path, options.convert_file(converter, path)
+
+
+def convert_sequence_files(
+    options: SequenceOptions,
+    converter: SequenceConverter,
+    run_files: SequenceRunner = convert_in_order,
+    on_sequence: Callable[[SequenceOutcome], None] | None = None,
+) -> tuple[list[SequenceOutcome], dict[str, str]]:
+    """Every sequence file under `options.input_path` through `run_files`, resumable, with a progress bar (an
+    artifact in a flow): the outcomes (`on_sequence` after each) and the failed files' errors."""
+    files = list_sequence_files(options.input_path)
+    if options.table_uri is not None:
+        label_table.create_or_open(options.table_uri)  # once, before parallel files race to create it
+    with Progress(f"sequences of {options.input_path}", total=len(files), unit="sequence") as progress:
+        outcomes, failed = gather(run_files(converter, files, options), progress, on_sequence)
+    write_quarantine(outcomes, options.out_dir)
+    return outcomes, failed
+
+
 def convert_sequences(
     input_path: Path | str,
     out_dir: Path | str,
@@ -562,13 +595,52 @@ def convert_sequences(
     table_uri: str | None = None,
     dataset: str = "motion",
 ) -> list[SequenceOutcome]:
-    """Every sequence file under `input_path` to `out_dir` (the plain-Python twin of the flow); resumable."""
-    if table_uri is not None:
-        label_table.create_or_open(table_uri)
-    outcomes = []
-    for path in list_sequence_files(input_path):
-        outcomes.append(convert_sequence_file(converter, path, input_path, out_dir, table_uri, dataset))
-        if on_sequence is not None:
-            on_sequence(outcomes[-1])
-    write_quarantine(outcomes, out_dir)
-    return outcomes
+    """Every sequence file under `input_path` to `out_dir`, in order in this process; resumable."""
+    options = SequenceOptions(str(input_path), str(out_dir), table_uri=table_uri, dataset=dataset)
+    return convert_sequence_files(options, converter, on_sequence=on_sequence)[0]
+
+
+# ------------------------------------------------------------------------------ the step's front door
+@dataclass(frozen=True)
+class SequenceOptions:
+    """A conversion of motion sequences as `hsmr convert-seq` and the convert-sequences flow take it."""
+
+    input_path: str = field(metadata={"flag": "--input", "help": "a sequence .npz or a folder of them (recursive)"})
+    out_dir: str = field(metadata={"help": "folder for one SKEL .npz per sequence (existing ones kept)"})
+    models_root: str = field(default=layout.DEFAULT.models, metadata={"help": "body models (SMPL per gender, SKEL)"})
+    table_uri: str | None = field(default=None, metadata={"help": "also commit one row per frame to this table"})
+    dataset: str = field(default="motion", metadata={"help": "dataset name of the table rows"})
+    device: str = field(default=SkelFitConfig.device, metadata={"help": '"auto" (CUDA when present), "cpu", ...'})
+    batch_size: int = field(default=SequenceConfig.batch_size, metadata={"help": "frames fitted together"})
+    overlap: int = field(default=SequenceConfig.overlap, metadata={"help": "frames shared with the previous batch"})
+    smoothness: float = field(default=SequenceConfig.smoothness, metadata={"help": "temporal smoothness; 0: off"})
+
+    def config(self) -> SequenceConfig:
+        fit = SkelFitConfig(device=self.device)
+        return SequenceConfig(batch_size=self.batch_size, overlap=self.overlap, smoothness=self.smoothness, fit=fit)
+
+    def convert_file(self, converter: SequenceConverter, path: Path) -> SequenceOutcome:
+        return convert_sequence_file(converter, path, self.input_path, self.out_dir, self.table_uri, self.dataset)
+
+
+@dataclass
+class SequenceReport:
+    out_dir: str
+    sequences: dict[str, int]  # converted, skipped, quarantined, failed
+    outcomes: list[SequenceOutcome]  # in sequence-id order
+    failed: dict[str, str]  # file → the error that stopped it (after retries, in a flow)
+
+
+def run(
+    options: SequenceOptions,
+    run_files: SequenceRunner = convert_in_order,
+    on_sequence: Callable[[SequenceOutcome], None] | None = None,
+) -> SequenceReport:
+    """Convert the sequences of `options`: the front door of `hsmr convert-seq` and the convert-sequences flow
+    (which passes its Prefect runner)."""
+    converter = SequenceConverter(BodyModelPaths.from_root(options.models_root), options.config())
+    outcomes, failed = convert_sequence_files(options, converter, run_files, on_sequence)
+    statuses = Counter(outcome.status for outcome in outcomes)
+    counts = {status: statuses[status] for status in ("converted", "skipped", "quarantined")}
+    ordered = sorted(outcomes, key=lambda outcome: outcome.sequence_id)
+    return SequenceReport(options.out_dir, counts | {"failed": len(failed)}, ordered, failed)

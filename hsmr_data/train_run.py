@@ -5,6 +5,10 @@ writes the spec to `{out_dir}/run.json`, starts `torchrun -m hsmr_data.train_run
 (one process per GPU, or gloo processes on the CPU) and follows `metrics.jsonl` while it trains; the main
 rank writes the result to `{out_dir}/result.json`. `hsmr train --nproc N` and the train-hsmr flow's
 `nproc` parameter both launch this way, so every front door trains through the same code.
+
+`run_step(TrainOptions)` is the step's front door (`hsmr train` and the train-hsmr flow): the flat,
+JSON-able options become the run spec, and the steps go by on a progress bar (a Prefect progress
+artifact inside a flow).
 """
 
 from __future__ import annotations
@@ -18,15 +22,16 @@ import time
 import types
 import typing
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from hsmr_data import distributed
-from hsmr_data.dashboard import DashboardConfig, LiveDashboard
-from hsmr_data.refine import RefineConfig, Refiner
+from hsmr_data import distributed, layout
+from hsmr_data.dashboard import DashboardConfig, LiveDashboard, page_next_to
+from hsmr_data.progress import Progress
+from hsmr_data.refine import RefineConfig, RefineOptions, Refiner
 from hsmr_data.refine_training import RefineCallback
-from hsmr_data.training import TrainConfig, Trainer
+from hsmr_data.training import RECIPES, TrainConfig, Trainer, make_config
 
 RUN_FILE = "run.json"
 RESULT_FILE = "result.json"
@@ -81,6 +86,93 @@ def run(spec: TrainingRun, on_log: Callable[[dict], None] | None = None) -> dict
     if trainer.group.is_main:
         write_json(Path(spec.train.out_dir) / RESULT_FILE, report)
     return report
+
+
+_RECIPE_HELP = "named settings (hsmr_data.training.RECIPES): " + ", ".join(RECIPES) + "; the options below override it"
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """A training run as the `hsmr train` command and the train-hsmr flow take it (flat, JSON-able). A None
+    network or optimiser field takes the recipe's value, else TrainConfig's."""
+
+    indexes: tuple[str, ...] = field(
+        default=(), metadata={"flag": "--index", "help": "index.json of an export; default: the latest export"}
+    )
+    weights: tuple[float, ...] = field(default=(), metadata={"flag": "--weight", "help": "mixing weight per index"})
+    out_dir: str = field(default=layout.DEFAULT.run(), metadata={"flag": "--out", "help": "run folder (resumes)"})
+    models_root: str = field(default=layout.DEFAULT.models, metadata={"flag": "--models", "help": "body models"})
+    recipe: Literal["paper", "cpu"] | None = field(default=None, metadata={"help": _RECIPE_HELP})
+    size: Literal["tiny", "small", "B", "H"] | None = field(default=None, metadata={"help": "default tiny"})
+    pose_target: Literal["88d", "euler"] | None = field(default=None, metadata={"help": "default 88d"})
+    steps: int | None = None
+    batch_size: int | None = field(default=None, metadata={"help": "the global batch (split over processes)"})
+    lr: float | None = None
+    checkpoint_every: int | None = None
+    device: str = field(default="auto", metadata={"help": '"auto" (CUDA when present), "cpu", "cuda:1", ...'})
+    seed: int | None = None
+    loader_workers: int | None = field(default=None, metadata={"help": "data-loading processes per process"})
+    nproc: int = field(default=1, metadata={"help": "DDP processes under torchrun (one per GPU); 1: no DDP"})
+    refine_every: int = field(default=0, metadata={"help": "SKELify inside training every N steps; 0: off"})
+    refine_warmup: int = field(default=InTrainingRefinement.warmup, metadata={"help": "steps before the first"})
+    refine_latest: int = field(default=RefineConfig.latest, metadata={"help": "predictions each round refines"})
+    table_uri: str = field(default=layout.DEFAULT.table(), metadata={"flag": "--table", "help": "refined table"})
+    dataset_dir: str = field(default=layout.DEFAULT.dataset(), metadata={"help": "its source dataset"})
+    dashboard_path: str | None = field(default=None, metadata={"help": "default: next to the table"})
+
+    def spec(self) -> TrainingRun:
+        config = make_config(
+            self.recipe,
+            indexes=self.indexes or (latest_index(),),
+            out_dir=self.out_dir,
+            weights=self.weights or None,
+            models_root=self.models_root,
+            size=self.size,
+            pose_target=self.pose_target,
+            steps=self.steps,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            checkpoint_every=self.checkpoint_every,
+            device=self.device,
+            seed=self.seed,
+            loader_workers=self.loader_workers,
+        )
+        if self.refine_every <= 0:
+            return TrainingRun(config)
+        refine = RefineOptions(
+            table_uri=self.table_uri,
+            dataset_dir=self.dataset_dir,
+            models_root=self.models_root,
+            device=self.device,
+            latest=self.refine_latest,
+        ).config()
+        page = self.dashboard_path or page_next_to(self.table_uri)  # rewritten after each committed round
+        refinement = InTrainingRefinement(
+            refine, warmup=self.refine_warmup, every=self.refine_every, dashboard_path=str(page) if page else None
+        )
+        return TrainingRun(config, refinement)
+
+
+def latest_index(shards_dir: str | Path = layout.DEFAULT.shards) -> str:
+    """The index.json of the newest export (highest label version) under `shards_dir`."""
+    indexes = sorted(Path(shards_dir).glob("v*/index.json"), key=lambda path: int(path.parent.name[1:]))
+    if not indexes:
+        raise FileNotFoundError(f"no export under {shards_dir} (expected v<version>/index.json): run export-shards")
+    return str(indexes[-1])
+
+
+def run_step(options: TrainOptions, on_log: Callable[[dict], None] | None = None) -> dict[str, Any]:
+    """Train as `options` say (in `nproc` processes), the steps on a progress bar; `on_log` sees each metrics
+    record. The result: TrainResult's fields and the refinement rounds."""
+    spec = options.spec()
+    with Progress("train", total=spec.train.steps, unit="step") as progress:
+
+        def follow(record: dict) -> None:
+            progress.update_to(record["step"], loss=f"{record['loss']:.4f}")
+            if on_log is not None:
+                on_log(record)
+
+        return train(spec, options.nproc, on_log=follow)
 
 
 def dashboard_config(refine: RefineConfig) -> DashboardConfig:

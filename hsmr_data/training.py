@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from hsmr_data import distributed
+from hsmr_data import distributed, layout
 from hsmr_data.train_data import AugmentConfig, MixedSampler, ShardDataset, TrainingBatches, unaugment_q
 from hsmr_model.body_models import SKEL_SEX, BodyModels
 from hsmr_model.devices import resolve_device
@@ -44,7 +44,7 @@ class TrainConfig:
     indexes: tuple[str, ...]  # wids-style index.json of each exported dataset
     out_dir: str
     weights: tuple[float, ...] | None = None  # mixing weight per dataset (default: equal)
-    models_root: str = "storage/models"
+    models_root: str = layout.DEFAULT.models
     skel_sex: str = SKEL_SEX
     size: str = "tiny"  # "tiny" (CPU), "B", "H" (the paper's)
     pose_target: str = "88d"  # or "euler": the paper's ablation

@@ -14,7 +14,7 @@ from deltalake import DeltaTable
 from flows.convert import convert_smpl_to_skel
 from flows.settings import unset_defaults
 from hsmr_data import conversion, label_table
-from hsmr_data.conversion import ConvertConfig
+from hsmr_data.conversion import ConvertConfig, ConvertOptions
 from hsmr_data.synthetic.world import SynthConfig, generate_dataset
 
 # Four shards of one person: enough chunks to resume and to kill between, little fitting. The other
@@ -47,7 +47,7 @@ def flow_parameters(model_paths, dataset_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def first_run(prefect_api, flow_parameters):
     """The flow's first run: its final state (the report is its result)."""
-    return convert_smpl_to_skel(**flow_parameters, return_state=True)
+    return convert_smpl_to_skel(ConvertOptions(**flow_parameters), return_state=True)
 
 
 def without_timings(labels: pa.Table) -> pa.Table:
@@ -99,7 +99,7 @@ def test_second_run_skips_every_chunk_and_leaves_the_table_version(first_run, fl
     version_before = DeltaTable(uri).version()
     labels_before = label_table.read_labels(uri)
 
-    report = convert_smpl_to_skel(**flow_parameters)
+    report = convert_smpl_to_skel(ConvertOptions(**flow_parameters))
 
     assert report["chunks"] == {"committed": 0, "skipped": PEOPLE // PER_SHARD, "empty": 0, "failed": 0}
     assert DeltaTable(uri).version() == version_before == report["table_version"]
@@ -154,7 +154,7 @@ def test_failing_chunk_is_retried_then_fails_the_run_and_a_rerun_completes_the_t
         return real_convert_chunk(converter, chunk)
 
     monkeypatch.setattr(conversion, "convert_chunk", convert_chunk_failing_on_one_shard)
-    state = convert_smpl_to_skel(**parameters, return_state=True)
+    state = convert_smpl_to_skel(ConvertOptions(**parameters), return_state=True)
 
     assert state.is_failed()
     assert len(attempts) == 3  # the first try and two retries
@@ -163,7 +163,7 @@ def test_failing_chunk_is_retried_then_fails_the_run_and_a_rerun_completes_the_t
     assert label_table.read_labels(parameters["table_uri"]).num_rows == PEOPLE - PER_SHARD
 
     monkeypatch.setattr(conversion, "convert_chunk", real_convert_chunk)
-    report = convert_smpl_to_skel(**parameters)
+    report = convert_smpl_to_skel(ConvertOptions(**parameters))
     assert report["chunks"] == {"committed": 1, "skipped": PEOPLE // PER_SHARD - 1, "empty": 0, "failed": 0}
     assert label_table.read_labels(parameters["table_uri"]).num_rows == PEOPLE
 

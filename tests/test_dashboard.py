@@ -277,7 +277,8 @@ def test_flow_writes_the_page_and_its_artifacts(prefect_api, world, models_root,
     from flows.dashboard import artifact_key, label_dashboard
 
     out = tmp_path / "page.html"
-    state = label_dashboard(world["table"], world["dataset_dir"], models_root, str(out), 2, return_state=True)
+    config = D.DashboardConfig(world["table"], world["dataset_dir"], models_root, gallery_size=2, out_path=str(out))
+    state = label_dashboard(config, return_state=True)
     assert state.is_completed(), state
     result = state.result()
     assert result["page"] == str(out.resolve()) and result["rounds"] == [0, 1]

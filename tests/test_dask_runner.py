@@ -91,6 +91,7 @@ def test_the_flow_on_two_dask_worker_processes_writes_the_thread_runners_table(
 ):
     from flows.convert import convert_smpl_to_skel
     from hsmr_data import label_table
+    from hsmr_data.conversion import ConvertOptions
     from tests.test_convert_flow import PEOPLE, PER_SHARD, synthetic_dataset, without_timings
 
     dataset_dir = synthetic_dataset(model_paths, tmp_path_factory)
@@ -102,7 +103,7 @@ def test_the_flow_on_two_dask_worker_processes_writes_the_thread_runners_table(
     }
     reports = {
         name: convert_smpl_to_skel.with_options(task_runner=runners[name])(
-            dataset_dir=str(dataset_dir), table_uri=tables[name], models_root=models, device="cpu"
+            ConvertOptions(dataset_dir=str(dataset_dir), table_uri=tables[name], models_root=models, device="cpu")
         )
         for name in ("threads", "dask")
     }

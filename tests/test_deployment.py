@@ -180,7 +180,8 @@ def test_deployment_run_from_the_cli_converts_the_dataset(model_paths, tmp_path,
 
     def prepare() -> dict[str, str]:
         dataset_dir = synthetic_dataset(model_paths, tmp_path_factory)
-        return {"dataset_dir": dataset_dir, "table_uri": table, "models_root": model_paths.smpl.parent.parent}
+        config = {"dataset_dir": str(dataset_dir), "table_uri": str(table)}
+        return {"config": json.dumps(config | {"models_root": str(model_paths.smpl.parent.parent)})}
 
     run_served_deployment(tmp_path, "flows.convert:convert_smpl_to_skel", "convert-smpl-to-skel/local", prepare)
     assert label_table.read_labels(str(table)).num_rows == PEOPLE

@@ -81,12 +81,14 @@ def test_the_train_flow_launches_two_processes_and_tracks_them(prefect_api, inde
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
     from flows.train import train_hsmr
+    from hsmr_data.train_run import TrainOptions
 
     models = str(model_paths.smpl.parent.parent)
-    state = train_hsmr(
-        [index], str(tmp_path / "run"), models_root=models, steps=2, batch_size=2, device="cpu", nproc=2,
-        return_state=True,
+    options = TrainOptions(
+        indexes=(index,), out_dir=str(tmp_path / "run"), models_root=models, steps=2, batch_size=2, device="cpu",
+        nproc=2,
     )  # fmt: skip
+    state = train_hsmr(options, return_state=True)
     assert state.is_completed(), state
     assert state.result()["step"] == 2 and (tmp_path / "run" / CHECKPOINT).is_file()
     with get_client(sync_client=True) as client:

@@ -14,12 +14,12 @@ from hsmr_data import label_table
 
 @pytest.mark.slow
 def test_pipeline_runs_every_step_and_a_rerun_redoes_nothing(prefect_api, model_paths, tmp_path):
-    from flows.pipeline import pipeline
+    from flows.pipeline import PipelineOptions, pipeline
 
     root = tmp_path / "storage"
     shutil.copytree(model_paths.smpl.parent.parent, root / "models")
     settings = dict(root=str(root), count=8, train_steps=4, batch_size=2, refine_warmup=2, refine_every=2)
-    result = pipeline(**settings)
+    result = pipeline(PipelineOptions(**settings))
     paths = pipeline_paths(root)
 
     assert label_table.read_labels(paths["table"]).num_rows == 6  # 8 people: 1 held out for val, 1 for test
@@ -34,7 +34,7 @@ def test_pipeline_runs_every_step_and_a_rerun_redoes_nothing(prefect_api, model_
     assert "<svg" in page and "round 0" in page
 
     versions = label_table.history(paths["table"])[-1]["version"]
-    again = pipeline(**{**settings, "train_steps": 4})
+    again = pipeline(PipelineOptions(**{**settings, "train_steps": 4}))
     assert label_table.history(paths["table"])[-1]["version"] == versions  # nothing committed twice
     assert again["refine_round"]["status"] == "skipped"
 

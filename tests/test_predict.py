@@ -118,12 +118,13 @@ def test_predict_flow_and_its_deployment(prefect_api, run, tmp_path):
     from flows.serve import deployments
 
     out = tmp_path / "flow.parquet"
-    result = predict_flow(
-        str(run["run"]), [f"synth={run['test']}"], out=str(out), models_root=run["models"], device="cpu"
+    config = P.PredictConfig(
+        str(run["run"]), run["models"], device="cpu", datasets=(f"synth={run['test']}",), out=str(out)
     )
+    result = predict_flow(config)
     assert result["count"] == 3 and pq.read_table(out).num_rows == 3
     with pytest.raises(ValueError, match="either"):
-        predict_flow(str(run["run"]), None, models_root=run["models"])
+        predict_flow(P.PredictConfig(str(run["run"]), run["models"]))
     assert "predict/local" in {f"{d.flow_name}/{d.name}" for d in deployments()}
 
 

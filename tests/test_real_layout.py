@@ -243,16 +243,25 @@ def test_two_datasets_by_brace_pattern_and_pipe_convert_completely_and_resume(hm
 
 
 def test_convert_command_line_takes_name_spec_datasets_and_the_plain_folder():
-    from hsmr_data.cli import build_parser, dataset_arguments
+    from hsmr_data.cli import build_parser
+    from hsmr_data.conversion import ConvertOptions
+    from hsmr_data.options import options_from_args
 
     parser = build_parser()
-    args = parser.parse_args(
-        ["convert", "--dataset", "coco=/d/{0..1}.tar", "--dataset", "m=pipe:cat x", "--table", "t"]
-    )
-    assert dataset_arguments(args) == (None, ["coco=/d/{0..1}.tar", "m=pipe:cat x"])
-    args = parser.parse_args(["convert", "--dataset-dir", "d", "--dataset", "legacy", "--table", "t"])
-    assert dataset_arguments(args) == ("d", []) and args.dataset_name == "legacy"
-    with pytest.raises(SystemExit, match="a bare NAME only names --dataset-dir"):
-        dataset_arguments(parser.parse_args(["convert", "--dataset", "coco", "--table", "t"]))
-    with pytest.raises(SystemExit, match="give --dataset NAME=SPEC"):
-        dataset_arguments(parser.parse_args(["convert", "--table", "t"]))
+
+    def config(argv: list[str]):
+        return options_from_args(ConvertOptions, parser.parse_args(["convert", *argv, "--table", "t"])).config()
+
+    specs = config(["--dataset", "coco=/d/{0..1}.tar", "--dataset", "m=pipe:cat x"]).specs
+    assert [(spec.name, spec.spec) for spec in specs] == [("coco", "/d/{0..1}.tar"), ("m", "pipe:cat x")]
+    assert [(spec.name, spec.spec) for spec in config(["--dataset-dir", "d", "--dataset", "legacy"]).specs] == [
+        ("legacy", "d")
+    ]
+    with pytest.raises(ValueError, match="a bare NAME only names the dataset folder"):
+        config(["--dataset", "coco"])
+    with pytest.raises(ValueError, match="no dataset to convert"):
+        config([])
+    with pytest.raises(SystemExit, match="no dataset to convert"):
+        from hsmr_data.cli import main
+
+        main(["convert", "--table", "t"])

@@ -20,7 +20,7 @@ from flows.settings import artifact_key
 from hsmr_data import cli, conversion, export, refine, training_samples
 from hsmr_data import label_table as lt
 from hsmr_data.conversion import ConvertConfig
-from hsmr_data.refine import Decision, RefineConfig, Refiner
+from hsmr_data.refine import Decision, RefineConfig, RefineOptions, Refiner
 from hsmr_data.refine_training import RefineCallback, TableLabels
 from hsmr_data.synthetic.world import SynthConfig, generate_dataset
 from hsmr_data.train_data import AugmentConfig, MixedSampler, ShardDataset, TrainingBatches
@@ -252,6 +252,22 @@ def test_a_killed_round_reruns_to_the_same_round_committed_once(first_round, wor
     assert _without_timings(lt.read_labels(table)).equals(_without_timings(first_round["after"]))
 
 
+def test_cli_refine_options_are_the_flow_config_and_its_defaults_the_library_ones():
+    from hsmr_data.options import options_from_args
+    args = cli.build_parser().parse_args(["refine"])
+    options = options_from_args(RefineOptions, args)
+    assert options == RefineOptions()
+    config = options.config()
+    library = RefineConfig("table", {})
+    assert (config.latest, config.max_abs_beta) == (18_000, 2.0)  # the paper's M and β
+    assert (config.min_improvement, config.max_joint_shift_mm) == (library.min_improvement, library.max_joint_shift_mm)
+    assert config.skelify.stages == library.skelify.stages and config.skelify.max_iter == 20
+    argv = ["refine", "--latest", "5", "--min-improvement", "0.5", "--max-joint-shift-mm", "40", "--steps", "2"]
+    config = options_from_args(RefineOptions, cli.build_parser().parse_args(argv)).config()
+    assert (config.latest, config.min_improvement, config.max_joint_shift_mm) == (5, 0.5, 40.0)
+    assert config.skelify.stages[0].steps == 2
+
+
 def test_cli_refine_says_where_predictions_come_from(tmp_path, capsys):
     assert cli.main(["refine", "--predictions", str(tmp_path / "none.parquet")]) == 2
     assert "a training run writes predictions.parquet" in capsys.readouterr().err
@@ -355,7 +371,7 @@ def test_flow_runs_a_round_and_publishes_its_statistics(prefect_api, world, tmp_
         "steps": 3,
         "max_iter": 10,
     }
-    state = refine_round_flow(**parameters, return_state=True)
+    state = refine_round_flow(RefineOptions(**parameters), return_state=True)
     assert state.is_completed(), state
     report = state.result()
     assert report["round"] == 1 and report["status"] == "committed"
@@ -372,4 +388,6 @@ def test_flow_runs_a_round_and_publishes_its_statistics(prefect_api, world, tmp_
     assert set(by_type) == {"table", "markdown"}
     assert by_type["table"].key == "refine-labels-round-stats"
     assert "replaced" in by_type["markdown"].data
-    assert refine_round_flow(**parameters)["status"] == "skipped"  # a rerun: the same predictions are done
+    assert (
+        refine_round_flow(RefineOptions(**parameters))["status"] == "skipped"
+    )  # a rerun: the same predictions are done

@@ -175,16 +175,21 @@ def test_killed_training_resumes_to_the_same_parameters(index, model_paths, tmp_
 @pytest.mark.slow
 def test_export_and_train_flows(prefect_api, labelled, model_paths, tmp_path):
     from flows.export import export_shards
-    from flows.train import latest_index, train_hsmr
+    from flows.train import train_hsmr
+    from hsmr_data.export import ExportConfig
+    from hsmr_data.train_run import TrainOptions, latest_index
 
     uri, dataset_dir = labelled
-    report = export_shards(uri, {"synth": str(dataset_dir)}, str(tmp_path / "shards"), maxcount=3)
+    report = export_shards(ExportConfig(uri, {"synth": str(dataset_dir)}, str(tmp_path / "shards"), maxcount=3))
     assert report["index"] == latest_index(tmp_path / "shards")
     assert report["counts"]["synth"]["exported"] == 8
     models = str(model_paths.smpl.parent.parent)
     result = train_hsmr(
-        [report["index"]], str(tmp_path / "run"), models_root=models, steps=3, batch_size=2, checkpoint_every=3
-    )
+        TrainOptions(
+            indexes=(report["index"],), out_dir=str(tmp_path / "run"), models_root=models, steps=3, batch_size=2,
+            checkpoint_every=3,
+        )
+    )  # fmt: skip
     assert result["step"] == 3 and Path(result["checkpoint"]).is_file()
     with pytest.raises(FileNotFoundError, match="export-shards"):
         latest_index(tmp_path / "nothing")

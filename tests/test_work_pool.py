@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -34,7 +35,8 @@ def test_a_worker_on_a_process_pool_runs_the_conversion_deployment(model_paths, 
         assert deployed.returncode == 0, deployed.stdout + deployed.stderr
         assert {f"{f.name}/test-pool" for f in FLOWS} <= set(deployed.stdout.split())  # Prefect prints tables too
 
-        parameters = {"dataset_dir": dataset_dir, "table_uri": table, "models_root": model_paths.smpl.parent.parent}
+        config = {"dataset_dir": str(dataset_dir), "table_uri": str(table)}
+        parameters = {"config": json.dumps(config | {"models_root": str(model_paths.smpl.parent.parent)})}
         flow_run_id = server.trigger("convert-smpl-to-skel/test-pool", parameters)
         # Started from elsewhere on purpose: the deployment, not the worker's folder, says where the code is.
         worker = subprocess.Popen(

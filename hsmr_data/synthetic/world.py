@@ -28,6 +28,7 @@ import smplx
 import torch
 from PIL import Image
 
+from hsmr_data import layout
 from hsmr_data.geometry import (
     BOX_SIDE_PER_SCALE,
     crop_image,
@@ -38,6 +39,7 @@ from hsmr_data.geometry import (
     normalised_keypoints,
 )
 from hsmr_data.hmr2_format import write_shards
+from hsmr_data.progress import Progress
 from hsmr_data.records import PersonSample
 from hsmr_data.render import Raster, project, rasterize, shade, write_png
 from hsmr_data.synthetic import pseudo_gt
@@ -368,11 +370,12 @@ def generate_dataset(paths: BodyModelPaths, out_dir: Path | str, config: SynthCo
     started = time.perf_counter()
     models = WorldModels.load(paths)
     first_person, first_batch, parts = 0, 0, {}
-    for split, count in config.split_counts().items():
-        folder = out_dir if split == "train" else out_dir / split
-        parts[split] = _write_people(models, folder, config, split, count, first_person, first_batch)
-        first_person += count
-        first_batch += -(-count // config.batch_size)
+    with Progress(f"synth {out_dir.name}", total=config.count, unit="person") as progress:
+        for split, count in config.split_counts().items():
+            folder = out_dir if split == "train" else out_dir / split
+            parts[split] = _write_people(models, folder, config, split, count, first_person, first_batch, progress)
+            first_person += count
+            first_batch += -(-count // config.batch_size)
     summary = parts.pop("train")
     summary.splits = {
         name: {"out_dir": p.out_dir, "count": p.count, "hard_count": p.hard_count} for name, p in parts.items()
@@ -388,7 +391,14 @@ def _write_manifest(out_dir: Path, config: SynthConfig, split: str, summary: Syn
 
 
 def _write_people(
-    models: WorldModels, out_dir: Path, config: SynthConfig, split: str, count: int, first_person: int, first_batch: int
+    models: WorldModels,
+    out_dir: Path,
+    config: SynthConfig,
+    split: str,
+    count: int,
+    first_person: int,
+    first_batch: int,
+    progress: Progress,
 ) -> SynthSummary:
     """One split's dataset: `count` people keyed from `first_person`, batch seeds from `first_batch`."""
     started = time.perf_counter()
@@ -401,6 +411,7 @@ def _write_people(
                 if len(sheet_samples) < 16:
                     sheet_samples.append(sample)
                 yield sample
+                progress.update(1)
 
     shards = write_shards(people(), out_dir / "shards", maxcount=config.shard_maxcount)
     truth_path = out_dir / "truth" / "ground_truth.parquet"
@@ -436,3 +447,38 @@ def contact_sheet(samples: list[PersonSample], columns: int = 4) -> np.ndarray:
         tiles.append(np.zeros_like(tiles[0]))
     rows = [np.concatenate(tiles[r : r + columns], axis=1) for r in range(0, len(tiles), columns)]
     return np.concatenate(rows, axis=0)
+
+
+# ------------------------------------------------------------------------------ the step's front door
+HELD_OUT = 0.1  # the share of people in each of the val and test splits that `hsmr data synth` and the demo ask
+
+
+@dataclass(frozen=True)
+class SynthOptions:
+    """A synthetic dataset as `hsmr data synth` (and the pipeline) asks for it: flat, JSON-able."""
+
+    count: int = field(metadata={"flag": "--n", "help": "number of people"})
+    out_dir: str = field(metadata={"flag": "--out", "help": "output folder (shards/, truth/, contact_sheet.png)"})
+    seed: int = SynthConfig.seed
+    hard_fraction: float = field(default=SynthConfig.hard_fraction, metadata={"help": "share of MOYO-like poses"})
+    dataset: str = field(default=SynthConfig.dataset, metadata={"help": "dataset name, the prefix of every key"})
+    val_fraction: float = field(default=HELD_OUT, metadata={"help": "share of people held out in OUT/val"})
+    test_fraction: float = field(default=HELD_OUT, metadata={"help": "share of people held out in OUT/test"})
+    models_root: str = field(default=layout.DEFAULT.models, metadata={"help": "body models (written if absent)"})
+
+    def config(self) -> SynthConfig:
+        return SynthConfig(
+            count=self.count,
+            seed=self.seed,
+            hard_fraction=self.hard_fraction,
+            dataset=self.dataset,
+            val_fraction=self.val_fraction,
+            test_fraction=self.test_fraction,
+        )
+
+
+def run(options: SynthOptions) -> SynthSummary:
+    """Write the dataset `options` describe (people on a progress bar): the front door of `hsmr data synth`."""
+    from hsmr_data.synthetic.body_models import ensure_synthetic_models
+
+    return generate_dataset(ensure_synthetic_models(options.models_root), options.out_dir, options.config())
