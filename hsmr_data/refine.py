@@ -64,6 +64,7 @@ from hsmr_data.datasets import DatasetSpec
 from hsmr_data.filters import FilterConfig, clean_confidences, count_keypoints
 from hsmr_data.geometry import crop_side
 from hsmr_data.hmr2_format import read_shards
+from hsmr_data.progress import Progress
 from hsmr_data.quarantine import Quarantine
 from hsmr_model import camera
 from hsmr_model.body_models import SKEL_SEX, BodyModels
@@ -403,7 +404,8 @@ def evaluate_round(refiner: Refiner, selected: pa.Table) -> RoundEvaluation:
         torch.as_tensor(column_matrix(selected[name].take(keep)), dtype=torch.float32) for name in ("q", "betas")
     )
     started = time.perf_counter()
-    fit = refiner.skelify.fit(start_q, start_betas, floored_t)
+    with Progress("refine", total=len(start_q), unit="sample") as progress:
+        fit = refiner.skelify.fit(start_q, start_betas, floored_t, on_batch=progress.update)
     seconds = time.perf_counter() - started
     pve_mean, pve_max = refiner.pve(fit.q, fit.betas, smpl)
     skel, device = refiner.skelify.skel, refiner.device
@@ -508,6 +510,8 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 def _read_json(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
+
+
 # ------------------------------------------------------------------------------ the step's front door
 @dataclass(frozen=True)
 class RefineOptions:

@@ -39,6 +39,7 @@ label it would replace are comparable.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 
 import torch
@@ -299,17 +300,26 @@ class Skelify:
             errors.append(camera.reprojection_error(camera.project(points, trans), observed))
         return torch.cat(translations), torch.cat(errors)
 
-    def fit(self, q: torch.Tensor, betas: torch.Tensor, keypoints: torch.Tensor) -> SkelifyResult:
+    def fit(
+        self,
+        q: torch.Tensor,
+        betas: torch.Tensor,
+        keypoints: torch.Tensor,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> SkelifyResult:
         """SKELify N samples from (q, β) in batches of config.batch_size; each label is then scored by `score`.
 
         Args:
             q: (N, 46); betas: (N, 10) the starting point (e.g. the network's prediction);
             keypoints: (N, 44, 3) normalised, confidences floored.
+            on_batch: called with each finished batch's size (a progress bar's update).
         """
         parts = []
         for part in range(0, q.shape[0], self.config.batch_size):
             rows = slice(part, part + self.config.batch_size)
             parts.append(self._fit_batch(q[rows], betas[rows], keypoints[rows]))
+            if on_batch is not None:
+                on_batch(parts[-1].q.shape[0])
         return SkelifyResult.concatenate(parts)
 
     def _fit_batch(self, q: torch.Tensor, betas: torch.Tensor, keypoints: torch.Tensor) -> SkelifyResult:

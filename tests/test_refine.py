@@ -254,6 +254,7 @@ def test_a_killed_round_reruns_to_the_same_round_committed_once(first_round, wor
 
 def test_cli_refine_options_are_the_flow_config_and_its_defaults_the_library_ones():
     from hsmr_data.options import options_from_args
+
     args = cli.build_parser().parse_args(["refine"])
     options = options_from_args(RefineOptions, args)
     assert options == RefineOptions()

@@ -223,10 +223,12 @@ def test_camera_stage_moves_only_the_camera_and_global_orientation(bodies, world
     skel, regressor = bodies
     q0 = world["q"].clone()
     q0[:, :3] += 0.1
-    config = SkelifyConfig(stages=from_scratch_stages(steps=2)[:1], max_iter=10, device="cpu")
+    config = SkelifyConfig(stages=from_scratch_stages(steps=2)[:1], max_iter=10, device="cpu", batch_size=3)
     skelify = Skelify(skel, regressor, config)
     _, start_error = skelify.score(q0, world["betas"], world["keypoints"])
-    fit = skelify.fit(q0, world["betas"], world["keypoints"])
+    batches = []
+    fit = skelify.fit(q0, world["betas"], world["keypoints"], on_batch=batches.append)
+    assert batches == [3, 1]  # each finished batch reports its size (the refine round's progress bar)
     # The body's DoFs go through q = mid + half·sin(u) and back: equal up to float32 rounding.
     assert torch.allclose(fit.q[:, 3:], q0[:, 3:], atol=1e-5) and torch.equal(fit.betas, world["betas"])
     assert not torch.equal(fit.q[:, :3], q0[:, :3])
