@@ -56,5 +56,6 @@ def test_the_network_case_predicts_every_labelled_person_and_trains_once(model_p
 
 
 def test_cli_has_the_study():
-    args = cli.build_parser().parse_args(["study", "refine", "--people", "8", "--work", "w", "--out", "o.json"])
-    assert args.people == 8 and args.run.__name__ == "_study_refine"
+    line = ["study", "refine", "--people", "8", "--work", "w", "--out", "o.json", "--network-steps", "5"]
+    args = cli.build_parser().parse_args(line)
+    assert args.people == 8 and args.network_steps == 5 and args.run.__name__ == "_study_refine"
