@@ -176,17 +176,11 @@ def network_predictions(world: World, config: StudyConfig) -> pa.Table:
     `network_steps` steps (in `work_dir/network`, reused when a finished run of as many steps is there),
     then its predictions on every person's un-augmented crop."""
     run_dir = Path(config.work_dir) / "network"
-    result_path = run_dir / train_run.RESULT_FILE
-    finished = result_path.is_file() and json.loads(result_path.read_text())["step"] >= config.network_steps
-    if not finished:
-        exported = export_shards(world.table_uri, {DATASET: world.dataset_dir}, Path(config.work_dir) / "shards")
-        train = make_config("cpu", indexes=(exported.index,), out_dir=str(run_dir), steps=config.network_steps,
-                            models_root=config.models_root, device=config.device, seed=config.seed)  # fmt: skip
-        threads = torch.get_num_threads()
-        try:
-            train_run.run(train_run.TrainingRun(train))
-        finally:
-            torch.set_num_threads(threads)  # the recipe trains on one thread; SKELify after it uses all
+    # The export is resumable: on a rerun it finds its shards complete and writes nothing.
+    exported = export_shards(world.table_uri, {DATASET: world.dataset_dir}, Path(config.work_dir) / "shards")
+    train = make_config("cpu", indexes=(exported.index,), out_dir=str(run_dir), steps=config.network_steps,
+                        models_root=config.models_root, device=config.device, seed=config.seed)  # fmt: skip
+    train_run.train_or_reuse(train_run.TrainingRun(train))
     predictor = Predictor(PredictConfig(str(run_dir), models_root=config.models_root, device=config.device))
     predicted = predict_dataset(predictor, [f"{DATASET}={world.dataset_dir}"], run_dir / "study_predictions.parquet")
     return pq.read_table(predicted.predictions)

@@ -20,8 +20,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from hsmr_data import train_run
 from hsmr_data.conversion import ConvertConfig, convert_dataset
 from hsmr_data.evaluate import EvalConfig, evaluate
@@ -90,9 +88,6 @@ def build_world(config: Table5Config) -> tuple[str, str, str, float]:
 def train_one(config: Table5Config, index: str, dataset_dir: str, table: str, pose_target: str, refine: bool):
     """One run (trained unless its folder holds a finished one): its folder, result and training seconds."""
     run_dir = Path(config.work_dir) / "runs" / run_name(pose_target, refine)
-    result_path = run_dir / train_run.RESULT_FILE
-    if result_path.is_file() and json.loads(result_path.read_text())["step"] >= config.steps:
-        return run_dir, json.loads(result_path.read_text()), None
     train = make_config("cpu", indexes=(index,), out_dir=str(run_dir), steps=config.steps, pose_target=pose_target,
                         models_root=config.models_root, device=config.device, seed=config.seed)  # fmt: skip
     refinement = None
@@ -102,12 +97,8 @@ def train_one(config: Table5Config, index: str, dataset_dir: str, table: str, po
             shutil.copytree(table, labels)
         refine_config = RefineConfig(str(labels), {DATASET: dataset_dir}, models_root=config.models_root)
         refinement = train_run.InTrainingRefinement(refine_config, config.refine_warmup, config.refine_every)
-    threads, started = torch.get_num_threads(), time.perf_counter()
-    try:
-        result = train_run.run(train_run.TrainingRun(train, refinement))
-    finally:
-        torch.set_num_threads(threads)  # the recipe trains on one thread
-    return run_dir, result, time.perf_counter() - started
+    result, seconds = train_run.train_or_reuse(train_run.TrainingRun(train, refinement))
+    return run_dir, result, seconds
 
 
 def run_table5(config: Table5Config, log=print) -> Table5Result:

@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from hsmr_data import distributed
 from hsmr_data.dashboard import DashboardConfig, LiveDashboard
 from hsmr_data.refine import RefineConfig, Refiner
@@ -81,6 +83,26 @@ def run(spec: TrainingRun, on_log: Callable[[dict], None] | None = None) -> dict
     if trainer.group.is_main:
         write_json(Path(spec.train.out_dir) / RESULT_FILE, report)
     return report
+
+
+def train_or_reuse(spec: TrainingRun) -> tuple[dict[str, Any], float | None]:
+    """`run(spec)` unless its folder holds a finished run of as many steps (a study's cached network).
+
+    Keeps the caller's torch thread count (a recipe may train on one thread; what runs after it should not).
+    Returns:
+        the run's result, and the seconds it trained (None: reused).
+    """
+    result_path = Path(spec.train.out_dir) / RESULT_FILE
+    if result_path.is_file():
+        result = json.loads(result_path.read_text())
+        if result["step"] >= spec.train.steps:
+            return result, None
+    threads, started = torch.get_num_threads(), time.perf_counter()
+    try:
+        result = run(spec)
+    finally:
+        torch.set_num_threads(threads)
+    return result, time.perf_counter() - started
 
 
 def dashboard_config(refine: RefineConfig) -> DashboardConfig:

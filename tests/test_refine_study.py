@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
 from hsmr_data import cli, label_table
 from hsmr_data.refine_study import (
@@ -42,7 +43,9 @@ def test_the_network_case_predicts_every_labelled_person_and_trains_once(model_p
     models = str(model_paths.smpl.parent.parent)
     config = StudyConfig(models, str(tmp_path / "study"), people=12, network_steps=2)
     world = build_world(config)
+    threads = torch.get_num_threads()
     predicted = network_predictions(world, config)
+    assert torch.get_num_threads() == threads  # the recipe's one training thread does not stay set
     labelled = label_table.read_labels(world.table_uri)["sample_id"].to_pylist()
     assert sorted(predicted["sample_id"].to_pylist()) == sorted(labelled)
     assert set(predicted["step"].to_pylist()) == {2}  # the trained network's, not a stand-in's
