@@ -32,7 +32,7 @@ def test_each_pose_target_learns_a_pose_through_the_rotation_loss(pose_target):
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert losses[-1] < 0.05 * losses[0], f"{pose_target}: rotation loss {losses[0]:.3f} -> {losses[-1]:.4f}"
     target88, decoded_q, rotations = decode_pose(pose.detach(), pose_target)
     assert target88.shape == (2, 88) and decoded_q.shape == (2, 46) and rotations.shape == (2, 24, 3, 3)
