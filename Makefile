@@ -92,6 +92,7 @@ bench: models
 	$(BIN)/python bench/bench_sequences.py --models $(MODELS) --out storage/bench/sequences.json
 	$(BIN)/python bench/bench_predict.py --models $(MODELS) --out storage/bench/predict.json
 	$(BIN)/python bench/study_refine.py --models $(MODELS) --out storage/bench/study_refine.json
+	$(BIN)/python bench/study_table5.py --models $(MODELS) --out storage/bench/study_table5.json
 
 lint: setup
 	$(BIN)/ruff check .

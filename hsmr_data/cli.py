@@ -165,7 +165,8 @@ def _refine(args: argparse.Namespace) -> int:
 def _study_refine(args: argparse.Namespace) -> int:
     from hsmr_data.refine_study import StudyConfig, to_markdown, write_study
 
-    result = write_study(StudyConfig(args.models, args.work, people=args.people), args.out)
+    config = StudyConfig(args.models, args.work, people=args.people, network_steps=args.network_steps)
+    result = write_study(config, args.out)
     print(to_markdown(result))
     print(f"written: {args.out}")
     return 0
@@ -307,8 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     study_refine = study.add_parser("refine", help="refiner variants against the truth: 3D label error per case")
     study_refine.add_argument("--models", default=STORAGE.models, help="body models (the synthetic ones)")
-    study_refine.add_argument("--work", default=STORAGE.study("refine"), help="the study's world and round-0 table")
+    study_refine.add_argument("--work", default=STORAGE.study("refine"), help="the world, its table, the network")
     study_refine.add_argument("--people", type=int, default=256)
+    study_refine.add_argument("--network-steps", type=int, default=300, help="training of the network case's network")
     study_refine.add_argument("--out", default=STORAGE.report("study_refine.json"), help="JSON; the table goes to .md")
     study_refine.set_defaults(run=_study_refine)
 

@@ -6,9 +6,11 @@ commit, for every variant (objective and acceptance rule) and every source of th
 starts from:
 
 - `truth_noise`: the true (q, β) plus Gaussian noise (a good network);
+- `network`: the predictions of a small network trained briefly (the `cpu` recipe, `network_steps`) on
+  the world's people and their round-0 labels, run on their un-augmented crops (`hsmr_data.predict`);
+  its checkpoint is kept in the work folder, so a rerun does not train again;
 - `constant`: every prediction is the circular mean of the round-0 labels that pass (q) and their
-  mean β: a network no better than the constant pose, which is what the demo's 120-step network is
-  (README: it does not yet beat the constant pose on held-out people);
+  mean β: a network no better than the constant pose (a cheap stand-in for a barely trained one);
 - `labels`: the round-0 labels themselves, corrupted ones included (refining the labels in place).
 
 For each (case, variant) the figures are: the mean 3D joint error (pelvis-aligned SKEL joints) and
@@ -35,8 +37,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from hsmr_data import label_table
+from hsmr_data import label_table, train_run
 from hsmr_data.conversion import ConvertConfig, convert_dataset
+from hsmr_data.export import export_shards
+from hsmr_data.predict import PredictConfig, Predictor, predict_dataset
 from hsmr_data.refine import (
     RefineConfig,
     Refiner,
@@ -46,12 +50,13 @@ from hsmr_data.refine import (
     joint_distance_mm,
 )
 from hsmr_data.synthetic.world import SynthConfig, generate_dataset
+from hsmr_data.training import make_config
 from hsmr_model import metrics as M
 from hsmr_model.model_files import BodyModelPaths
 from hsmr_model.skel_layer import SKELLayer
 from hsmr_model.skelify import ANCHORED_REFINER_STAGES, REFINER_STAGES, SkelifyConfig, Stage
 
-CASES = ("truth_noise", "constant", "labels")
+CASES = ("truth_noise", "network", "constant", "labels")
 DATASET = "synth"
 
 
@@ -107,6 +112,7 @@ class StudyConfig:
     max_iter: int = SkelifyConfig.max_iter
     batch_size: int = 256
     device: str = "cpu"
+    network_steps: int = 300  # training steps of the `network` case's network (batch 32)
     cases: tuple[str, ...] = CASES
     variants: tuple[Variant, ...] = VARIANTS
 
@@ -150,6 +156,8 @@ def predictions(case: str, world: World, config: StudyConfig) -> pa.Table:
         q, betas = np.tile(mean_q, (len(ids), 1)), np.tile(betas_label[passed].mean(0), (len(ids), 1))
     elif case == "labels":
         q, betas = q_label, betas_label
+    elif case == "network":
+        return network_predictions(world, config)
     else:
         raise ValueError(f"unknown case {case!r}; the cases are {CASES}")
     return pa.table(
@@ -161,6 +169,21 @@ def predictions(case: str, world: World, config: StudyConfig) -> pa.Table:
             "betas": betas.astype(np.float32).tolist(),
         }
     )
+
+
+def network_predictions(world: World, config: StudyConfig) -> pa.Table:
+    """The `network` case: a `cpu`-recipe network trained on the world's exported round-0 labels for
+    `network_steps` steps (in `work_dir/network`, reused when a finished run of as many steps is there),
+    then its predictions on every person's un-augmented crop."""
+    run_dir = Path(config.work_dir) / "network"
+    # The export is resumable: on a rerun it finds its shards complete and writes nothing.
+    exported = export_shards(world.table_uri, {DATASET: world.dataset_dir}, Path(config.work_dir) / "shards")
+    train = make_config("cpu", indexes=(exported.index,), out_dir=str(run_dir), steps=config.network_steps,
+                        models_root=config.models_root, device=config.device, seed=config.seed)  # fmt: skip
+    train_run.train_or_reuse(train_run.TrainingRun(train))
+    predictor = Predictor(PredictConfig(str(run_dir), models_root=config.models_root, device=config.device))
+    predicted = predict_dataset(predictor, [f"{DATASET}={world.dataset_dir}"], run_dir / "study_predictions.parquet")
+    return pq.read_table(predicted.predictions)
 
 
 # ------------------------------------------------------------------------------------------ errors

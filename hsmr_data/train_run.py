@@ -26,6 +26,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
+
 from hsmr_data import distributed, layout
 from hsmr_data.dashboard import DashboardConfig, LiveDashboard, page_next_to
 from hsmr_data.progress import Progress
@@ -173,6 +175,26 @@ def run_step(options: TrainOptions, on_log: Callable[[dict], None] | None = None
                 on_log(record)
 
         return train(spec, options.nproc, on_log=follow)
+
+
+def train_or_reuse(spec: TrainingRun) -> tuple[dict[str, Any], float | None]:
+    """`run(spec)` unless its folder holds a finished run of as many steps (a study's cached network).
+
+    Keeps the caller's torch thread count (a recipe may train on one thread; what runs after it should not).
+    Returns:
+        the run's result, and the seconds it trained (None: reused).
+    """
+    result_path = Path(spec.train.out_dir) / RESULT_FILE
+    if result_path.is_file():
+        result = json.loads(result_path.read_text())
+        if result["step"] >= spec.train.steps:
+            return result, None
+    threads, started = torch.get_num_threads(), time.perf_counter()
+    try:
+        result = run(spec)
+    finally:
+        torch.set_num_threads(threads)
+    return result, time.perf_counter() - started
 
 
 def dashboard_config(refine: RefineConfig) -> DashboardConfig:

@@ -1,0 +1,60 @@
+"""HSMR's Table 5 direction at this machine's scale (`hsmr_data.table5_study`): 88-D pose target vs Euler
+angles × refinement inside training on vs off, the `cpu` recipe's small network, scored on held-out
+synthetic people; one seed, so read differences of a few mm as noise.
+
+    python bench/study_table5.py --models storage/models --out storage/bench/study_table5.json
+
+On a GPU: `--device cuda` (the network stays the `cpu` recipe's; ViT-B was not run). The JSON goes through
+bench/results.py, the markdown table next to it (.md). `--work DIR` keeps the world and the runs, and a
+rerun reuses the finished ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import tempfile
+from pathlib import Path
+
+import torch
+from results import write_result  # bench/ is on sys.path when a script runs
+
+from hsmr_data.layout import DEFAULT as STORAGE
+from hsmr_data.table5_study import Table5Config, run_table5, to_markdown
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=STORAGE.models)
+    parser.add_argument("--out", default=STORAGE.bench_file("study_table5.json"))
+    parser.add_argument("--people", type=int, default=Table5Config.people)
+    parser.add_argument("--steps", type=int, default=Table5Config.steps)
+    parser.add_argument("--refine-warmup", type=int, default=Table5Config.refine_warmup)
+    parser.add_argument("--refine-every", type=int, default=Table5Config.refine_every)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--work", help="where the world and the runs are written (default: a temporary folder)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as scratch:
+        config = Table5Config(
+            args.models,
+            args.work or scratch,
+            people=args.people,
+            steps=args.steps,
+            refine_warmup=args.refine_warmup,
+            refine_every=args.refine_every,
+            device=args.device,
+        )
+        result = run_table5(config)
+    figures = {
+        **result.to_json(),
+        "machine": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+    }
+    out = write_result(args.out, figures)
+    markdown = to_markdown(result)
+    Path(out).with_suffix(".md").write_text(markdown)
+    print(markdown)
+
+
+if __name__ == "__main__":
+    main()
