@@ -65,8 +65,8 @@ PRODUCTION = [
     *(path for path in (REPO / "flows").glob("*.py") if path.name != "pipeline.py"),
 ]
 # The synthetic world's own front doors: `hsmr models synth`, `hsmr data synth|motion`, the demo, and the
-# refinement study (it needs a world whose truth is known).
-SYNTHETIC_FRONT_DOORS = {"cli.py", "demo.py", "refine_study.py"}
+# studies (they need a world whose truth is known).
+SYNTHETIC_FRONT_DOORS = {"cli.py", "demo.py", "refine_study.py", "table5_study.py"}
 
 
 def _imports(path: Path) -> set[str]:
