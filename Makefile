@@ -5,7 +5,9 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-MODELS := storage/models
+# The data root: the one spelling of storage/ here; hsmr_data/layout.py (DataRoot) names everything under it.
+ROOT := storage
+MODELS := $(ROOT)/models
 # `make convert DATASET_DIR=... TABLE=...` converts another dataset, `make refine-round RUN_DIR=...` refines
 # from another run; left unset, the flows take the demo's paths from hsmr_data/layout.py (storage/...).
 SYNTH_N ?= 256
@@ -19,7 +21,7 @@ PREFECT_PORT ?= 4200
 # Prefect on this machine (see flows/settings.py): its database and results under storage/, no
 # analytics (no network), and time for the temporary API server that runs without `make server`.
 # `?=`: a value from the environment wins.
-export PREFECT_HOME ?= $(CURDIR)/storage/prefect
+export PREFECT_HOME ?= $(CURDIR)/$(ROOT)/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
 
@@ -46,10 +48,10 @@ models: setup
 # refine round, the evaluation report and the label dashboard, on the temporary local Prefect API
 # (no server to start). It prints where the dashboard and the report are.
 demo: bodies
-	$(BIN)/python -m flows.pipeline --root storage --count $(SYNTH_N)
+	$(BIN)/python -m flows.pipeline --root $(ROOT) --count $(SYNTH_N)
 
 bodies: models
-	$(BIN)/hsmr demo --models $(MODELS) --out storage/demo
+	$(BIN)/hsmr demo --models $(MODELS) --out $(ROOT)/demo
 
 convert: setup
 	$(BIN)/python -m flows.convert $(DATA_OPTIONS) --models $(MODELS)
@@ -84,19 +86,19 @@ worker: setup
 	PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:$(PREFECT_PORT)/api} $(BIN)/prefect worker start --pool $(POOL)
 
 bench: models
-	$(BIN)/python bench/bench_body_models.py --models $(MODELS) --out storage/bench/body_models.json
-	$(BIN)/python bench/bench_synth.py --models $(MODELS) --out storage/bench/synth.json
-	$(BIN)/python bench/bench_convert.py --models $(MODELS) --out storage/bench/convert.json
-	$(BIN)/python bench/bench_skelify.py --models $(MODELS) --out storage/bench/skelify.json --threads 1
-	$(BIN)/python bench/bench_scaleout.py --models $(MODELS) --out storage/bench/scaleout.json
-	$(BIN)/python bench/bench_sequences.py --models $(MODELS) --out storage/bench/sequences.json
-	$(BIN)/python bench/bench_predict.py --models $(MODELS) --out storage/bench/predict.json
-	$(BIN)/python bench/study_refine.py --models $(MODELS) --out storage/bench/study_refine.json
-	$(BIN)/python bench/study_table5.py --models $(MODELS) --out storage/bench/study_table5.json
+	$(BIN)/python bench/bench_body_models.py --models $(MODELS) --out $(ROOT)/bench/body_models.json
+	$(BIN)/python bench/bench_synth.py --models $(MODELS) --out $(ROOT)/bench/synth.json
+	$(BIN)/python bench/bench_convert.py --models $(MODELS) --out $(ROOT)/bench/convert.json
+	$(BIN)/python bench/bench_skelify.py --models $(MODELS) --out $(ROOT)/bench/skelify.json --threads 1
+	$(BIN)/python bench/bench_scaleout.py --models $(MODELS) --out $(ROOT)/bench/scaleout.json
+	$(BIN)/python bench/bench_sequences.py --models $(MODELS) --out $(ROOT)/bench/sequences.json
+	$(BIN)/python bench/bench_predict.py --models $(MODELS) --out $(ROOT)/bench/predict.json
+	$(BIN)/python bench/study_refine.py --models $(MODELS) --out $(ROOT)/bench/study_refine.json
+	$(BIN)/python bench/study_table5.py --models $(MODELS) --out $(ROOT)/bench/study_table5.json
 
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
 clean:
-	rm -rf $(VENV) storage/models storage/bench storage/demo storage/datasets/synth storage/labels/synth storage/prefect storage/reports
+	rm -rf $(VENV) $(addprefix $(ROOT)/,models bench demo datasets/synth labels/synth prefect reports)
