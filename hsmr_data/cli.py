@@ -43,6 +43,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -331,5 +333,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def console() -> None:
+    """The `hsmr` executable: `main`, then leave without the interpreter's teardown.
+
+    A command's work is done, flushed and committed when `main` returns. What follows is the teardown
+    of the native libraries a command loads (torch's thread pools among them), which now and then
+    aborts with "terminate called without an active exception" (SIGABRT, seen in CI after a
+    conversion that had committed every chunk), turning a finished run into a failed one. So flush and
+    exit directly; `main` stays a plain function for in-process callers."""
+    code = main()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

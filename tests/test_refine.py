@@ -386,7 +386,8 @@ def test_flow_runs_a_round_and_publishes_its_statistics(prefect_api, world, tmp_
     link = by_key.pop(artifact_key("dashboard-link", table))
     assert page.resolve().as_uri() in link.data and 'data-round="1"' in page.read_text()
     by_type = {artifact.type: artifact for artifact in by_key.values()}
-    assert set(by_type) == {"table", "markdown"}
+    assert set(by_type) == {"table", "markdown", "progress"}  # the round's progress reached 100 %
+    assert by_type["progress"].data == 100.0
     assert by_type["table"].key == "refine-labels-round-stats"
     assert "replaced" in by_type["markdown"].data
     assert (
