@@ -25,10 +25,10 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.dashboard import live_page
+from flows.runners import as_finished
 from flows.settings import artifact_key
 from hsmr_data import conversion
 from hsmr_data.conversion import Chunk, ChunkOutcome, ConvertConfig, Converter, ConvertOptions, ConvertReport
@@ -55,12 +55,7 @@ def convert_chunk(converter: Converter, chunk: Chunk) -> ChunkOutcome:
 
 def run_as_tasks(converter: Converter, chunks: list[Chunk]) -> Iterator[tuple[Chunk, ChunkOutcome | Exception]]:
     """The flow's chunk runner: one task per chunk on the flow's task runner, yielded as they finish."""
-    futures = {convert_chunk.submit(converter, chunk): chunk for chunk in chunks}
-    for future in as_completed(list(futures)):
-        try:
-            yield futures[future], future.result()
-        except Exception as error:  # after its retries; the library counts it and goes on
-            yield futures[future], error
+    return as_finished({convert_chunk.submit(converter, chunk): chunk for chunk in chunks})
 
 
 @flow(name=FLOW_NAME, task_runner=ThreadPoolTaskRunner(max_workers=1), persist_result=False)

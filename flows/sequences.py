@@ -23,9 +23,9 @@ from typing import Any
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.runners import as_finished
 from flows.settings import artifact_key
 from hsmr_data import sequences
 from hsmr_data.options import add_options, options_from_args
@@ -50,12 +50,7 @@ def run_as_tasks(
     converter: SequenceConverter, files: list[Path], options: SequenceOptions
 ) -> Iterator[tuple[Path, SequenceOutcome | Exception]]:
     """The flow's runner: one task per sequence file, yielded as they finish."""
-    futures = {convert_sequence.submit(converter, path, options): path for path in files}
-    for future in as_completed(list(futures)):
-        try:
-            yield futures[future], future.result()
-        except Exception as error:  # after its retries; the library counts it and goes on
-            yield futures[future], error
+    return as_finished({convert_sequence.submit(converter, path, options): path for path in files})
 
 
 @flow(name=FLOW_NAME, task_runner=ThreadPoolTaskRunner(max_workers=1), persist_result=False)
