@@ -9,12 +9,9 @@ The JSON goes through bench/results.py; the markdown table next to it (.md).
 from __future__ import annotations
 
 import argparse
-import platform
 import tempfile
-from pathlib import Path
 
-import torch
-from results import write_result  # bench/ is on sys.path when a script runs
+from results import write_study  # bench/ is on sys.path when a script runs
 
 from hsmr_data.layout import DEFAULT as STORAGE
 from hsmr_data.refine_study import CASES, VARIANTS, StudyConfig, run_study, to_markdown
@@ -37,15 +34,7 @@ def main() -> None:
         config = StudyConfig(args.models, args.work or scratch, people=args.people, cases=tuple(args.cases),
                              network_steps=args.network_steps, variants=chosen)  # fmt: skip
         result = run_study(config)
-    figures = {
-        **result.to_json(),
-        "machine": platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(),
-    }
-    out = write_result(args.out, figures)
-    markdown = to_markdown(result)
-    Path(out).with_suffix(".md").write_text(markdown)
-    print(markdown)
+    write_study(args.out, result.to_json(), to_markdown(result))
 
 
 if __name__ == "__main__":

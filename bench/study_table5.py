@@ -12,12 +12,9 @@ rerun reuses the finished ones.
 from __future__ import annotations
 
 import argparse
-import platform
 import tempfile
-from pathlib import Path
 
-import torch
-from results import write_result  # bench/ is on sys.path when a script runs
+from results import write_study  # bench/ is on sys.path when a script runs
 
 from hsmr_data.layout import DEFAULT as STORAGE
 from hsmr_data.table5_study import Table5Config, run_table5, to_markdown
@@ -45,15 +42,7 @@ def main() -> None:
             device=args.device,
         )
         result = run_table5(config)
-    figures = {
-        **result.to_json(),
-        "machine": platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(),
-    }
-    out = write_result(args.out, figures)
-    markdown = to_markdown(result)
-    Path(out).with_suffix(".md").write_text(markdown)
-    print(markdown)
+    write_study(args.out, result.to_json(), to_markdown(result))
 
 
 if __name__ == "__main__":
