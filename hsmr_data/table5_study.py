@@ -165,12 +165,3 @@ def to_markdown(result: Table5Result) -> str:
                      f"| {replaced} | {run['images_per_second']:.1f} |")  # fmt: skip
     note = f"\n\n{result.test_people} held-out test people; one seed: differences of a few mm are noise.\n"
     return head + "\n".join(lines) + note
-
-
-def write_table5(config: Table5Config, out_json: str | Path, log=print) -> Table5Result:
-    result = run_table5(config, log=log)
-    out = Path(out_json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result.to_json(), indent=2) + "\n")
-    out.with_suffix(".md").write_text(to_markdown(result))
-    return result
