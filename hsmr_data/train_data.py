@@ -22,6 +22,7 @@ from typing import Protocol
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from hsmr_data.npz_codec import npz_arrays
@@ -65,14 +66,28 @@ def scan_shard(path: Path) -> list[ShardMember]:
 
 
 @dataclass
+class DecodedSample:
+    sample_id: str
+    dataset: str
+    arrays: dict[str, np.ndarray]  # the npz labels
+    image: torch.Tensor  # (3, CROP_SIZE, CROP_SIZE) uint8
+
+
+@dataclass
 class ShardDataset:
-    """One exported dataset: its samples in index order, readable by position."""
+    """One exported dataset: its samples in index order, readable by position.
+
+    `cache_size`: how many decoded samples to keep in memory (per process; the first ones read), so a
+    dataset that fits is decoded once instead of at every epoch. 0 keeps none.
+    """
 
     name: str
     members: list[ShardMember]
+    cache_size: int = 0
+    _decoded: dict[int, DecodedSample] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_index(cls, index_path: str | Path, name: str | None = None) -> ShardDataset:
+    def from_index(cls, index_path: str | Path, name: str | None = None, cache_size: int = 0) -> ShardDataset:
         """Read a wids-style index (`shardlist` of `url`, `nsamples`); urls relative to the index."""
         index_path = Path(index_path)
         index = json.loads(index_path.read_text())
@@ -84,7 +99,7 @@ class ShardDataset:
             members.extend(found)
         if not members:
             raise ValueError(f"{index_path}: the index lists no samples")
-        return cls(name or index_path.parent.name, members)
+        return cls(name or index_path.parent.name, members, cache_size)
 
     def __len__(self) -> int:
         return len(self.members)
@@ -97,6 +112,21 @@ class ShardDataset:
                 handle.seek(offset)
                 out[extension] = handle.read(size)
         return out
+
+    def decoded(self, position: int) -> DecodedSample:
+        """The sample at `position`, its JSON and npz parsed and its crop decoded (resized if not CROP_SIZE)."""
+        if position in self._decoded:
+            return self._decoded[position]
+        entries = self.read(position)
+        info = json.loads(entries["json"])
+        image = Image.open(io.BytesIO(entries["jpg"])).convert("RGB")
+        if image.size != (CROP_SIZE, CROP_SIZE):
+            image = image.resize((CROP_SIZE, CROP_SIZE), Image.BILINEAR)
+        pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+        sample = DecodedSample(info["sample_id"], info["dataset"], npz_arrays(entries["npz"]), pixels)
+        if len(self._decoded) < self.cache_size:
+            self._decoded[position] = sample
+        return sample
 
 
 @dataclass
@@ -127,52 +157,92 @@ def _rotation_z(degrees: float) -> np.ndarray:
     return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
 
 
-def augment_sample(arrays: dict[str, np.ndarray], image: Image.Image, rng: np.random.Generator, config: AugmentConfig):
-    """One training sample, augmented: image (3, 256, 256) float in [0, 1], and its labels.
+@dataclass(frozen=True)
+class SampleAugmentation:
+    """What one sample's augmentation draws. In normalised crop coordinates (the crop spans [−0.5, 0.5]),
+    the flipped image's point x moves to zoom·R(rotation_deg)·x + shift; `gains` scale the RGB channels."""
 
+    flipped: bool
+    zoom: float
+    rotation_deg: float
+    shift: np.ndarray  # (2,)
+    gains: np.ndarray  # (3,)
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator, config: AugmentConfig) -> SampleAugmentation:
+        flipped = bool(rng.random() < config.flip_p)
+        zoom = 1.0 + rng.uniform(-config.scale, config.scale)
+        degrees = float(np.clip(rng.normal(0, config.rotation_deg), -2 * config.rotation_deg, 2 * config.rotation_deg))
+        degrees = degrees if rng.random() < config.rotation_p else 0.0
+        shift = rng.uniform(-config.translation, config.translation, 2)
+        gains = rng.uniform(1 - config.colour, 1 + config.colour, 3)
+        return cls(flipped, zoom, degrees, shift, gains)
+
+    def linear(self) -> np.ndarray:
+        """zoom·R, the 2×2 part of the map (flip aside)."""
+        return self.zoom * _rotation_z(self.rotation_deg)[:2, :2]
+
+
+def augment_labels(arrays: dict[str, np.ndarray], augmentations: list[SampleAugmentation]) -> dict[str, np.ndarray]:
+    """The labels of B samples under their augmentations (the mirrored labels where flipped).
+
+    Args:
+        arrays: per sample, its npz arrays (q, q_flip, keypoints_2d(_flip) (44, 3), keypoints_3d(_flip) (44, 4),
+            betas, has_pose, has_betas).
     Returns:
-        (image, labels, applied) where labels hold q, betas, target88, keypoints_2d (44, 3),
-        keypoints_3d (44, 4), has_pose, has_betas; `applied` records flip and rotation so that
-        predictions can be brought back to the unaugmented sample.
+        q (B, 46), betas (B, 10), target88 (B, 88), keypoints_2d (B, 44, 3), keypoints_3d (B, 44, 4),
+        has_pose (B,), has_betas (B,); float64.
     """
-    flipped = rng.random() < config.flip_p
-    suffix = "_flip" if flipped else ""
-    q = arrays["q" + suffix].astype(np.float64)
-    keypoints_2d = arrays["keypoints_2d" + suffix].astype(np.float64).copy()
-    keypoints_3d = arrays["keypoints_3d" + suffix].astype(np.float64).copy()
-    if flipped:
-        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    def stacked(name: str) -> np.ndarray:
+        return np.stack(
+            [np.asarray(a[name + ("_flip" if aug.flipped else "")], np.float64) for a, aug in zip(arrays, augmentations)]
+        )
 
-    zoom = 1.0 + rng.uniform(-config.scale, config.scale)
-    degrees = float(np.clip(rng.normal(0, config.rotation_deg), -2 * config.rotation_deg, 2 * config.rotation_deg))
-    degrees = degrees if rng.random() < config.rotation_p else 0.0
-    shift = rng.uniform(-config.translation, config.translation, 2)
-    rotation = _rotation_z(degrees)
-    # Normalised crop coordinates: x' = zoom·R·x + shift. PIL wants the inverse map, in pixels.
-    forward = np.eye(3)
-    forward[:2, :2] = zoom * rotation[:2, :2]
-    forward[:2, 2] = shift
-    to_norm = np.array([[1 / CROP_SIZE, 0, -0.5], [0, 1 / CROP_SIZE, -0.5], [0, 0, 1]])
-    inverse = np.linalg.inv(np.linalg.inv(to_norm) @ forward @ to_norm)
-    image = image.transform((CROP_SIZE, CROP_SIZE), Image.Transform.AFFINE, tuple(inverse[:2].ravel()), Image.BILINEAR)
-    keypoints_2d[:, :2] = keypoints_2d[:, :2] @ (zoom * rotation[:2, :2]).T + shift
-    keypoints_3d[:, :3] = keypoints_3d[:, :3] @ rotation.T
-    if degrees:
-        global_rotation = rotation @ bone_rotations(torch.as_tensor(q[None]))[0, 0].numpy()
-        q[0:3] = rotation_to_bone_dofs(torch.as_tensor(global_rotation[None]), bone=0)[0].numpy()
-
-    pixels = np.asarray(image, dtype=np.float32) / 255.0
-    pixels = pixels * rng.uniform(1 - config.colour, 1 + config.colour, 3).astype(np.float32)
-    labels = {
+    q, keypoints_2d, keypoints_3d = stacked("q"), stacked("keypoints_2d").copy(), stacked("keypoints_3d").copy()
+    linear = np.stack([aug.linear() for aug in augmentations])  # (B, 2, 2)
+    rotation = np.stack([_rotation_z(aug.rotation_deg) for aug in augmentations])  # (B, 3, 3)
+    shift = np.stack([aug.shift for aug in augmentations])
+    keypoints_2d[..., :2] = np.einsum("bij,bkj->bki", linear, keypoints_2d[..., :2]) + shift[:, None]
+    keypoints_3d[..., :3] = np.einsum("bij,bkj->bki", rotation, keypoints_3d[..., :3])
+    # The image turned about the camera axis, so the body's global rotation turns with it.
+    turned = np.array([aug.rotation_deg != 0.0 for aug in augmentations])
+    if turned.any():
+        q_turned = torch.as_tensor(q[turned])
+        global_rotation = torch.as_tensor(rotation[turned]) @ bone_rotations(q_turned)[:, 0]
+        q[turned, 0:3] = rotation_to_bone_dofs(global_rotation, bone=0).numpy()
+    return {
         "q": q,
-        "betas": arrays["betas"].astype(np.float64),
-        "target88": q_to_target88(torch.as_tensor(q[None]))[0].numpy(),
+        "betas": np.stack([np.asarray(a["betas"], np.float64) for a in arrays]),
+        "target88": q_to_target88(torch.as_tensor(q)).numpy(),
         "keypoints_2d": keypoints_2d,
         "keypoints_3d": keypoints_3d,
-        "has_pose": np.float64(arrays["has_pose"]),
-        "has_betas": np.float64(arrays["has_betas"]),
+        "has_pose": np.array([float(a["has_pose"]) for a in arrays]),
+        "has_betas": np.array([float(a["has_betas"]) for a in arrays]),
     }
-    return np.clip(pixels, 0, 1).transpose(2, 0, 1), labels, {"flipped": flipped, "rotation_deg": degrees}
+
+
+def augment_images(images: torch.Tensor, augmentations: list[SampleAugmentation]) -> torch.Tensor:
+    """Warp and recolour B crops as their augmentations say, in one bilinear resampling.
+
+    Args:
+        images: (B, 3, H, W) uint8.
+    Returns:
+        (B, 3, H, W) float32 in [0, 1]; outside the source crop is black.
+    """
+    # grid_sample's coordinates are 2× the normalised crop ones; it asks, for each output point y,
+    # where to read: x = flip·(zoom·R)⁻¹·(y − 2·shift).
+    theta = np.zeros((len(augmentations), 2, 3))
+    for out, aug in zip(theta, augmentations):
+        inverse = np.linalg.inv(aug.linear())
+        if aug.flipped:
+            inverse[0] *= -1
+        out[:, :2] = inverse
+        out[:, 2] = -inverse @ (2 * aug.shift)
+    theta = torch.as_tensor(theta, dtype=torch.float32)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    warped = F.grid_sample(images.float() / 255.0, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    gains = torch.as_tensor(np.stack([aug.gains for aug in augmentations]), dtype=torch.float32)
+    return (warped * gains[:, :, None, None]).clamp_(0.0, 1.0)
 
 
 class LabelOverrides(Protocol):
@@ -210,24 +280,23 @@ class TrainingBatches(torch.utils.data.Dataset):
         return self.overrides.current()[0] if self.overrides is not None else None
 
     def __getitem__(self, step: int) -> dict:
-        images, labels, meta = [], [], []
         version, replaced = self.overrides.current() if self.overrides is not None else (None, {})
-        drawn = list(enumerate(self.sampler.batch(step)))
-        for slot, (dataset, position) in drawn[self.slots]:
-            entries = self.datasets[dataset].read(position)
-            info = json.loads(entries["json"])
-            arrays = {**npz_arrays(entries["npz"]), **replaced.get(info["sample_id"], {})}
-            rng = np.random.default_rng([self.sampler.seed, step, slot, 1])
-            image = Image.open(io.BytesIO(entries["jpg"])).convert("RGB")
-            pixels, sample_labels, applied = augment_sample(arrays, image, rng, self.augment)
-            images.append(pixels)
-            labels.append(sample_labels)
-            meta.append({"sample_id": info["sample_id"], "dataset": info["dataset"], **applied})
+        drawn = list(enumerate(self.sampler.batch(step)))[self.slots]
+        samples = [self.datasets[dataset].decoded(position) for _, (dataset, position) in drawn]
+        augmentations = [
+            SampleAugmentation.draw(np.random.default_rng([self.sampler.seed, step, slot, 1]), self.augment)
+            for slot, _ in drawn
+        ]
+        arrays = [{**sample.arrays, **replaced.get(sample.sample_id, {})} for sample in samples]
         batch = {
-            name: torch.as_tensor(np.stack([lab[name] for lab in labels]), dtype=torch.float32) for name in labels[0]
+            name: torch.as_tensor(values, dtype=torch.float32)
+            for name, values in augment_labels(arrays, augmentations).items()
         }
-        batch["images"] = torch.as_tensor(np.stack(images))
-        batch["meta"] = meta
+        batch["images"] = augment_images(torch.stack([sample.image for sample in samples]), augmentations)
+        batch["meta"] = [
+            {"sample_id": sample.sample_id, "dataset": sample.dataset, "flipped": aug.flipped, "rotation_deg": aug.rotation_deg}
+            for sample, aug in zip(samples, augmentations)
+        ]
         batch["step"] = step
         batch["labels_version"] = version
         return batch

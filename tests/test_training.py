@@ -23,7 +23,16 @@ from hsmr_data import export
 from hsmr_data import label_table as lt
 from hsmr_data.npz_codec import npz_arrays
 from hsmr_data.synthetic.world import SynthConfig, generate_dataset
-from hsmr_data.train_data import AugmentConfig, MixedSampler, ShardDataset, augment_sample, unaugment_q
+from hsmr_data.train_data import (
+    AugmentConfig,
+    MixedSampler,
+    SampleAugmentation,
+    ShardDataset,
+    TrainingBatches,
+    augment_images,
+    augment_labels,
+    unaugment_q,
+)
 from hsmr_data.training import CHECKPOINT, RECIPES, TrainConfig, Trainer, learning_rate, make_config, recipe
 from hsmr_data.truth_report import truth_label_rows
 from hsmr_model.pose_repr import bone_rotations
@@ -75,38 +84,70 @@ def test_dataset_reads_every_exported_sample(index):
     assert Image.open(io.BytesIO(entries["jpg"])).size == (256, 256)
 
 
+def _only(**fields) -> AugmentConfig:
+    return replace(AugmentConfig.off(), **fields)
+
+
 def test_rotation_turns_keypoints_and_global_orientation_together(index):
     dataset = ShardDataset.from_index(index)
-    entries = dataset.read(0)
-    arrays = npz_arrays(entries["npz"])
-    image = Image.open(io.BytesIO(entries["jpg"])).convert("RGB")
-    only_rotation = AugmentConfig(flip_p=0.0, scale=0.0, rotation_p=1.0, translation=0.0, colour=0.0)
-    _, labels, applied = augment_sample(arrays, image, np.random.default_rng(4), only_rotation)
-    assert applied["rotation_deg"] != 0.0
-    angle = np.radians(applied["rotation_deg"])
+    arrays = dataset.decoded(0).arrays
+    augmentation = SampleAugmentation.draw(np.random.default_rng(4), _only(rotation_p=1.0, rotation_deg=30.0))
+    labels = augment_labels([arrays], [augmentation])
+    assert augmentation.rotation_deg != 0.0
+    angle = np.radians(augmentation.rotation_deg)
     rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-    assert np.allclose(labels["keypoints_2d"][:, :2], arrays["keypoints_2d"][:, :2] @ rotation.T, atol=1e-5)
+    assert np.allclose(labels["keypoints_2d"][0, :, :2], arrays["keypoints_2d"][:, :2] @ rotation.T, atol=1e-5)
     # The body turned with the image: its global rotation changed by the same rotation about z.
     before = bone_rotations(torch.as_tensor(arrays["q"][None], dtype=torch.float64))[0, 0].numpy()
-    after = bone_rotations(torch.as_tensor(labels["q"][None]))[0, 0].numpy()
+    after = bone_rotations(torch.as_tensor(labels["q"][:1]))[0, 0].numpy()
     assert np.allclose((after @ before.T)[:2, :2], rotation, atol=1e-5)
     # And back: the prediction on the rotated crop maps to the sample's own q.
-    assert np.allclose(unaugment_q(labels["q"], applied), arrays["q"], atol=1e-5)
+    applied = {"flipped": False, "rotation_deg": augmentation.rotation_deg}
+    assert np.allclose(unaugment_q(labels["q"][0], applied), arrays["q"], atol=1e-5)
 
 
 def test_flip_uses_the_mirrored_labels(index):
     dataset = ShardDataset.from_index(index)
-    arrays = npz_arrays(dataset.read(1)["npz"])
-    image = Image.open(io.BytesIO(dataset.read(1)["jpg"])).convert("RGB")
-    only_flip = AugmentConfig(flip_p=1.0, scale=0.0, rotation_p=0.0, translation=0.0, colour=0.0)
-    pixels, labels, applied = augment_sample(arrays, image, np.random.default_rng(0), only_flip)
-    assert applied["flipped"]
-    assert np.allclose(labels["q"], arrays["q_flip"]) and np.allclose(
-        labels["keypoints_2d"], arrays["keypoints_2d_flip"]
-    )
-    original = np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 255
-    assert np.allclose(pixels, original[:, :, ::-1], atol=1e-6)
-    assert np.allclose(unaugment_q(labels["q"], applied), arrays["q"], atol=1e-6)
+    sample = dataset.decoded(1)
+    augmentation = SampleAugmentation.draw(np.random.default_rng(0), _only(flip_p=1.0))
+    labels = augment_labels([sample.arrays], [augmentation])
+    pixels = augment_images(sample.image[None], [augmentation])[0].numpy()
+    assert augmentation.flipped
+    assert np.allclose(labels["q"][0], sample.arrays["q_flip"])
+    assert np.allclose(labels["keypoints_2d"][0], sample.arrays["keypoints_2d_flip"])
+    original = sample.image.numpy().astype(np.float32) / 255
+    assert np.allclose(pixels, original[:, :, ::-1], atol=1e-5)
+    applied = {"flipped": True, "rotation_deg": 0.0}
+    assert np.allclose(unaugment_q(labels["q"][0], applied), sample.arrays["q"], atol=1e-6)
+
+
+def test_the_image_moves_with_its_keypoints():
+    """A bright dot drawn at a keypoint is, after zoom, rotation, shift and flip, where the augmented
+    keypoint says (the flipped labels mirror x, as the export writes them)."""
+    size = 256
+    image = torch.zeros(1, 3, size, size, dtype=torch.uint8)
+    point = np.array([0.18, -0.27])  # normalised crop coordinates, the crop spans [-0.5, 0.5]
+    column, row = ((point + 0.5) * size).astype(int)
+    image[0, :, row - 2 : row + 3, column - 2 : column + 3] = 255
+    for flipped in (False, True):
+        augmentation = SampleAugmentation(flipped, 1.2, 25.0, np.array([0.03, -0.02]), np.ones(3))
+        warped = augment_images(image, [augmentation])[0, 0].numpy()
+        source = point * np.array([-1.0, 1.0]) if flipped else point
+        expected = augmentation.linear() @ source + augmentation.shift
+        rows, columns = np.nonzero(warped > 0.5)
+        found = np.array([columns.mean() + 0.5, rows.mean() + 0.5]) / size - 0.5
+        assert np.allclose(found, expected, atol=1.5 / size), (flipped, found, expected)
+
+
+def test_decoded_cache_changes_no_batch(index):
+    uncached, cached = ShardDataset.from_index(index), ShardDataset.from_index(index, cache_size=100)
+    sampler = MixedSampler([len(uncached)], [1.0], batch_size=6, seed=2)
+    plain = TrainingBatches([uncached], sampler, AugmentConfig())
+    fast = TrainingBatches([cached], sampler, AugmentConfig())
+    for step in (0, 1, 0):
+        a, b = plain[step], fast[step]
+        assert torch.equal(a["images"], b["images"]) and torch.equal(a["q"], b["q"]) and a["meta"] == b["meta"]
+    assert 0 < len(cached._decoded) <= len(cached)
 
 
 def test_training_logs_checkpoints_and_keeps_predictions(index, model_paths, tmp_path):
