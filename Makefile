@@ -93,6 +93,7 @@ bench: models
 	$(BIN)/python bench/bench_scaleout.py --models $(MODELS) --out $(ROOT)/bench/scaleout.json
 	$(BIN)/python bench/bench_sequences.py --models $(MODELS) --out $(ROOT)/bench/sequences.json
 	$(BIN)/python bench/bench_predict.py --models $(MODELS) --out $(ROOT)/bench/predict.json
+	$(BIN)/python bench/bench_train.py --models $(MODELS) --out $(ROOT)/bench/train.json --threads 1 --sizes tiny,small --steps 30
 	$(BIN)/python bench/study_refine.py --models $(MODELS) --out $(ROOT)/bench/study_refine.json
 	$(BIN)/python bench/study_table5.py --models $(MODELS) --out $(ROOT)/bench/study_table5.json
 

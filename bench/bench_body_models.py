@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from results import write_result  # bench/ is on sys.path when a script runs
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from hsmr_data.layout import DEFAULT as STORAGE
 from hsmr_data.synthetic.poses import sample_betas, sample_skel_poses
@@ -97,6 +98,45 @@ def _bench_batch(ours, reference, batch: int, rng, device: torch.device, min_sec
         )
         print(json.dumps(rows[-1]))
     return rows
+
+
+class _OpCounter(TorchDispatchMode):
+    """Counts the aten operations (views included) that reach torch's dispatcher."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def torch_ops_per_call(skel_path: Path, batch: int = 64) -> dict:
+    """aten operations one call of each path issues, ours and the reference's: on small batches each costs
+    a dispatch, so their number, not arithmetic, bounds the joints-only pass."""
+    from body_models.skel._pose import unpack_pose
+    from body_models.skel.torch import SKEL
+
+    ours, reference = SKELLayer.from_file(skel_path), SKEL(model_path=skel_path, gender="male")
+    rng = np.random.default_rng(0)
+    q = torch.as_tensor(sample_skel_poses(batch, rng), dtype=torch.float32)
+    betas = torch.as_tensor(sample_betas(batch, rng), dtype=torch.float32)
+    trans = torch.zeros(batch, 3)
+    body_pose, head_pose = unpack_pose(torch, q)
+    calls = {
+        "full_mesh": lambda: ours(q, betas, trans),
+        "joints_only": lambda: ours.joints(q, betas, trans),
+        "reference_joints_only": lambda: reference.forward_skeleton(
+            body_pose, head_pose, shape=betas, global_translation=trans
+        ),
+    }
+    counts = {"batch": batch}
+    for path, call in calls.items():
+        with torch.no_grad(), _OpCounter() as counter:
+            call()
+        counts[path] = counter.count
+    return counts
 
 
 def mesh_work(ours: SKELLayer) -> dict:
@@ -177,6 +217,7 @@ def main() -> None:
         "machine": platform.processor() or platform.machine(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "results": rows,
+        "torch_ops_per_call": torch_ops_per_call(skel_path),
         "full_mesh_work": work,
         "full_mesh_bound": bounds,
     }

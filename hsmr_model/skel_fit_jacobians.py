@@ -125,7 +125,8 @@ def dof_world_axes(q: torch.Tensor, frame: torch.Tensor, parent_world: torch.Ten
 
 
 def _arc_derivatives(angle: torch.Tensor, length: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """d/dα of the arc chord (x, y) of `skel_layer._arc`, with its small-angle series."""
+    """d/dα of the arc chord x = L·(1 − cos α)/α, y = L·sin α/α (`skel_layer.translation_table`), with its
+    small-angle series."""
     small = angle.abs() < 1e-3
     a = torch.where(small, torch.ones_like(angle), angle)
     dx = torch.where(small, length * (0.5 - angle**2 / 8), length * (a * torch.sin(a) - 1 + torch.cos(a)) / a**2)
@@ -147,7 +148,7 @@ def pose_translation_jacobian(q: torch.Tensor, rest_joints: torch.Tensor) -> tor
     zero = torch.zeros_like(width)
     for side, bone in C.SCAPULA_BONES.items():
         first = C.BONE_FIRST_DOF[bone]
-        # x = s·w·cos t·cos a', y = −h·sin t, z = w·sin a' with a' = m·a, t = m·e − π/4 (skel_layer.scapula_offset).
+        # x = s·w·cos t·cos a', y = −h·sin t, z = w·sin a' with a' = m·a, t = m·e − π/4 (skel_layer.translation_table).
         s, m = (1.0, -1.0) if side == "left" else (-1.0, 1.0)
         a, t = m * q[:, first], m * q[:, first + 1] - math.pi / 4
         out[first] = m * torch.stack([-s * width * torch.cos(t) * torch.sin(a), zero, width * torch.cos(a)], -1)

@@ -13,10 +13,14 @@ the skeleton is computed component first and batch last: vectors (3, J, B), rota
 ("cf" in the names). A batch of 3×3 products is then one broadcast multiply and one sum over
 contiguous rows of B values, where the batch-first layout makes torch run B·J tiny matrix products
 (10 to 30 times slower on a CPU, launch-bound on a GPU). The skin is channels first (B, 3, N), so
-every per-vertex step is a GEMM or an elementwise pass over rows of N vertices. Everything linear
-in β (rest joints, their offsets, the bone vectors the rest frames align with) is one GEMM, the
-kinematic chain is composed by pointer jumping (3 steps for the 8 levels of the tree), and the pose
-blend shapes skip the four SMPL joints no SKEL bone drives.
+every per-vertex step is a GEMM or an elementwise pass over rows of N vertices. Everything affine
+in β is one GEMM (`SKELLayer.rest_rows`: rest joints, their offsets, the dot and cross products and
+c·I + [v]× that the bone rest rotations are built from, the lengths scaling the scapula and spine
+translations); the DoF axes are turned into their bones' rest frames once, at construction; the
+scapula and spine translations are one table of products (`translation_table`); the kinematic chain
+is composed by pointer jumping (3 steps for the 8 levels of the tree); and the pose blend shapes skip
+the four SMPL joints no SKEL bone drives. On small batches a pass costs about one dispatch per torch
+op, so the skeleton stage is written to issue few of them (about 120 for `SKELLayer.joints`).
 """
 
 from __future__ import annotations
@@ -78,12 +82,12 @@ def rotations_from_cf(rotations: torch.Tensor) -> torch.Tensor:
 
 def cf_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """3×3 products a·b of component-first matrices: (3, 3, *S), (3, 3, *S) → (3, 3, *S), S broadcast."""
-    return (a[:, :, None] * b[None]).sum(1)
+    return (a.unsqueeze(2) * b.unsqueeze(0)).sum(1)
 
 
 def cf_matvec(a: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """a·v: (3, 3, *S), (3, *S) → (3, *S), S broadcast."""
-    return (a * v[None]).sum(1)
+    return (a * v.unsqueeze(0)).sum(1)
 
 
 def cf_transpose(a: torch.Tensor) -> torch.Tensor:
@@ -118,23 +122,41 @@ def cf_half_turn(source: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     return 2.0 * n[:, None] * n[None] - cf_eye(n, n.ndim - 1)
 
 
+def cf_rotation_from_dot_cross(
+    c: torch.Tensor, v: torch.Tensor, linear: torch.Tensor, half_turn: torch.Tensor, eps: float = 1e-8
+) -> torch.Tensor:
+    """Minimal rotations R with R·â ∥ b for a unit â, from c = â·b, v = â×b and linear = c·I + [v]×
+    (b need not be unit): R = (c·I + [v]×)/n + v·vᵀ/(n·(n + c)), n = |b| = √(c² + |v|²).
+
+    Every input but n is linear in b, which lets `SKELLayer` get them from one GEMM in β. Antiparallel
+    inputs (â·b̂ < −1 + 1e-6) get `half_turn`.
+
+    Args:
+        c: (*S); v: (3, *S); linear: (3, 3, *S); half_turn: (3, 3, *S) or broadcastable.
+    Returns:
+        (3, 3, *S).
+    """
+    n = (c.square() + v.square().sum(0)).clamp_min(eps * eps).sqrt()
+    antiparallel = c < (-1.0 + 1e-6) * n
+    safe = torch.where(antiparallel, n, n + c)  # keeps the unused branch (and its gradient) finite
+    general = torch.addcmul(v.unsqueeze(1) * v.unsqueeze(0), linear, safe) / (n * safe)
+    return torch.where(antiparallel, half_turn, general)
+
+
 def cf_rotation_between(
     source: torch.Tensor, target: torch.Tensor, eps: float = 1e-8, half_turn: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Minimal rotations R with R·source ∥ target, component first: (3, *S), (3, *S) → (3, 3, *S).
 
-    R = I + [v]× + [v]×²/(1 + c), v = â × b̂, c = â·b̂, with [v]×² = v·vᵀ − |v|²·I (no matrix
-    product). Antiparallel inputs get `half_turn` (`cf_half_turn` of the source, computed when None).
+    `cf_rotation_from_dot_cross` of the normalised source; antiparallel inputs get `half_turn`
+    (`cf_half_turn` of the source, computed when None).
     """
     a = source / cf_norm(source, eps)
-    b = target / cf_norm(target, eps)
-    v = torch.linalg.cross(a, b, dim=0)
-    c = (a * b).sum(0)
-    eye = cf_eye(v, v.ndim - 1)
-    antiparallel = c < -1.0 + 1e-6
-    square = v[:, None] * v[None] - (v * v).sum(0) * eye
-    general = eye + cf_skew(v) + square / torch.where(antiparallel, torch.ones_like(c), 1.0 + c)
-    return torch.where(antiparallel, cf_half_turn(source, eps) if half_turn is None else half_turn, general)
+    a = a.expand_as(target)
+    c = (a * target).sum(0)
+    v = torch.linalg.cross(a, target, dim=0)
+    linear = c * cf_eye(c, c.ndim) + cf_skew(v)
+    return cf_rotation_from_dot_cross(c, v, linear, cf_half_turn(source, eps) if half_turn is None else half_turn, eps)
 
 
 # ------------------------------------------------------------------------------- shape stage
@@ -240,127 +262,159 @@ def dof_slots() -> torch.Tensor:
     return slots
 
 
+def slot_axes(dof_axes: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """The axis of every DoF slot, zero for the padding slot: (46, 3), (3, 24) → (3, 72), columns (slot, bone)."""
+    padded = torch.cat([dof_axes, dof_axes.new_zeros(1, 3)])
+    return padded[slots.flatten()].T
+
+
+def slot_rotation_terms(axes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[a]× and [a]×² of component-first axes, shaped for `joint_rotations_cf`: (3, S) → two (3, 3, S, 1)."""
+    skew = cf_skew(axes)[..., None]
+    return skew, cf_matmul(skew, skew)
+
+
 def joint_rotations_cf(
-    q: torch.Tensor, axis_skew: torch.Tensor, axis_square: torch.Tensor, slots: torch.Tensor
+    q: torch.Tensor, slot_skew: torch.Tensor, slot_square: torch.Tensor, slots: torch.Tensor
 ) -> torch.Tensor:
     """Per-bone joint rotation Rp = R_3·R_2·R_1, R_k = exp(q_k·[a_k]×) by Rodrigues; cf `pose_repr.bone_rotations`.
 
     Args:
-        q: (B, 46); axis_skew: (3, 3, 47, 1) [a]× of every DoF axis and a zero for the padding
-        slot 46; axis_square: its square [a]×²; slots: (3, 24) from `dof_slots`.
+        q: (B, 46); slot_skew, slot_square: (3, 3, 72, 1) `slot_rotation_terms` of the axis of each DoF
+        slot (k, bone); slots: (3, 24) from `dof_slots`, 46 (angle 0) past a bone's last DoF.
     Returns:
         (3, 3, 24, B).
     """
-    angles = torch.nn.functional.pad(q.T, (0, 0, 0, 1))  # (47, B), the padding slot at angle 0
-    per_dof = cf_eye(q, 2) + axis_skew * torch.sin(angles) + axis_square * (1 - torch.cos(angles))
-    first, second, third = (per_dof.index_select(2, slot) for slot in slots)
+    angles = torch.nn.functional.pad(q.T, (0, 0, 0, 1)).index_select(0, slots.flatten())  # (72, B)
+    eye = cf_eye(q, 2)
+    per_slot = torch.addcmul(torch.addcmul(eye, slot_skew, angles.sin()), slot_square, 1 - angles.cos())
+    first, second, third = per_slot.unflatten(2, (3, -1)).unbind(2)
     return cf_matmul(third, cf_matmul(second, first))
 
 
-def local_rotations_cf(rest_orientation: torch.Tensor, apose_rot: torch.Tensor, joint_rotations: torch.Tensor):
-    """Local rotation R = F·Rp·Fᵀ with F = Rk01·Raᵀ (the DoF rotations moved into the bone frame).
-
-    Args:
-        rest_orientation: (3, 3, 24, B); apose_rot: (3, 3, 24, 1); joint_rotations: (3, 3, 24, B).
-    Returns:
-        local rotations and the frames F, each (3, 3, 24, B).
-    """
-    frame = cf_matmul(rest_orientation, cf_transpose(apose_rot))
-    return cf_matmul(cf_matmul(frame, joint_rotations), cf_transpose(frame)), frame
+def cf_conjugate(frame: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
+    """frame·rotations·frameᵀ: (3, 3, *S) twice → (3, 3, *S)."""
+    return cf_matmul(cf_matmul(frame, rotations), cf_transpose(frame))
 
 
 def local_rotations(rest_orientation: torch.Tensor, apose_rot: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """Local rotation of each bone: R = Rk01·Raᵀ·Rp·Ra·Rk01ᵀ (the DoF rotations moved into the bone frame).
+    """Local rotation of each bone: R = F·Rp·Fᵀ, F = Rk01·Raᵀ (the DoF rotations moved into the bone frame).
 
     Args:
         rest_orientation: (B, 24, 3, 3) Rk01; apose_rot: (24, 3, 3) Ra; q: (B, 46).
     Returns:
         (B, 24, 3, 3).
     """
-    axis_skew = cf_skew(torch.cat([torch.as_tensor(C.dof_axes(), dtype=q.dtype, device=q.device), q.new_zeros(1, 3)]).T)
-    axis_skew = axis_skew[..., None]
-    joint = joint_rotations_cf(q, axis_skew, cf_matmul(axis_skew, axis_skew), dof_slots().to(q.device))
-    local, _ = local_rotations_cf(rotations_to_cf(rest_orientation), rotations_to_cf(apose_rot[None]), joint)
-    return rotations_from_cf(local)
-
-
-def scapula_offset(
-    abduction: torch.Tensor, elevation: torch.Tensor, width: torch.Tensor, height: torch.Tensor, left: bool
-) -> torch.Tensor:
-    """Translation of a scapula gliding on the thorax ellipsoid, relative to q = 0.
-
-    Args:
-        abduction, elevation: (B,) the scapula's first two DoFs; width: (B,) distance between
-        the scapula joints; height: (B,) lumbar-to-thorax distance.
-    Returns:
-        (B, 3).
-    """
-    # The left scapula mirrors the right (s = −1): its angles turn the other way and its x points the other
-    # way. Position p(a, e) = [−s·(w/4)·cos t·cos a', −(h/2)·sin t, (w/4)·sin a'], a' = s·a, t = s·e − π/4;
-    # the offset is p(a, e) − p(0, 0).
-    sign = -1.0 if left else 1.0
-    turned, tilt = sign * abduction, sign * elevation - math.pi / 4
-    quarter = width / 4
-    x = (-sign * quarter) * (torch.cos(tilt) * torch.cos(turned) - math.cos(math.pi / 4))
-    y = (-0.5 * height) * (torch.sin(tilt) + math.sin(math.pi / 4))
-    return torch.stack([x, y, quarter * torch.sin(turned)], -1)
-
-
-def _arc(angle: torch.Tensor, length: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Chord of a circular arc of `length` bent by `angle`: sideways x and along y."""
-    small = angle.abs() < 1e-5
-    safe = torch.where(small, torch.ones_like(angle), angle)
-    x = torch.where(small, length * angle / 2, length * (1 - torch.cos(safe)) / safe)
-    y = torch.where(small, length * (1 - angle**2 / 6), length * torch.sin(safe) / safe)
-    return x, y
-
-
-def spine_arc_offset(bending: torch.Tensor, extension: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
-    """Translation of a spine joint whose segment bends as a constant-curvature arc, relative to q = 0.
-
-    Args:
-        bending, extension: (...,); length: (...,) the segment's rest height.
-    Returns:
-        (..., 3).
-    """
-    (x_bend, x_ext), (y_bend, y_ext) = _arc(torch.stack([bending, extension]), length)
-    return torch.stack([-x_bend, y_bend + y_ext - 2 * length, -x_ext], -1)
+    slots = dof_slots().to(q.device)
+    skew, square = slot_rotation_terms(slot_axes(torch.as_tensor(C.dof_axes(), dtype=q.dtype, device=q.device), slots))
+    joint = joint_rotations_cf(q, skew, square, slots)
+    frame = cf_matmul(rotations_to_cf(rest_orientation), cf_transpose(rotations_to_cf(apose_rot[None])))
+    return rotations_from_cf(cf_conjugate(frame, joint))
 
 
 _SPINE = tuple(C.SPINE_ARC_BONES.items())
-_TRANSLATED_BONES = (*C.SCAPULA_BONES.values(), *(bone for bone, _ in _SPINE))
+NUM_TRANSLATION_SCALES = 2 + len(_SPINE)  # scapula width, thorax height, one length per spine arc
 
 
-def pose_translations_cf(q: torch.Tensor, joints: torch.Tensor) -> torch.Tensor:
-    """Pose-dependent translations added to the local offsets (scapulae and spine arcs), component first.
+def translation_scale_vectors(joints: torch.Tensor) -> torch.Tensor:
+    """The vectors whose lengths scale the pose-dependent translations (linear in the joints): the
+    scapula width J_left − J_right, the thorax height J_thorax − J_lumbar, and per spine-arc bone the
+    rest height of its segment (0, y_upper − y_lower, 0).
+
+    Args: joints (..., 24, 3). Returns: (..., 5, 3).
+    """
+    width = joints[..., C.SCAPULA_BONES["left"], :] - joints[..., C.SCAPULA_BONES["right"], :]
+    height = joints[..., 12, :] - joints[..., 11, :]
+    upper = [upper for _, (_, _, _, upper) in _SPINE]
+    lower = [lower for _, (_, _, lower, _) in _SPINE]
+    rise = (joints[..., upper, 1] - joints[..., lower, 1])[..., None] * joints.new_tensor([0.0, 1.0, 0.0])
+    return torch.cat([width[..., None, :], height[..., None, :], rise], dim=-2)
+
+
+def translation_table() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The scapula and spine-arc translations as a sum of products of three factors, in tables.
+
+    Scapula (s = −1 for the left one, which mirrors the right): with a' = s·abduction and
+    t = s·elevation − π/4, the offset from q = 0 is [−s·(w/4)·(cos t·cos a' − cos π/4),
+    −(h/2)·(sin t + sin π/4), (w/4)·sin a'] (w the width, h the thorax height). Spine arc of rest height
+    L bent by α: chord sideways L·(1 − cos α)/α = L·sin(α/2)·sinc(α/2π), along L·sin α/α = L·sinc(α/π)
+    (torch's sinc(x) = sin πx/πx, exact and smooth at 0); the offset is [−side(bend), along(bend) +
+    along(ext) − 2L, −side(ext)]. Each factor is a row of the pool [sin(angles), sinc(angles), the
+    five scales, 1], the angles being affine in q; cos x is sin(x + π/2).
+
+    Returns:
+        float64 tables: angle_matrix (A, 46) and angle_shift (A, 1): angles = angle_matrix·q + angle_shift;
+        gather (3·F,): the pool rows of the first, second and third factor of every product;
+        placement (72, F): coefficient of each product in each translation row (xyz, bone).
+    """
+    angles: list[tuple[float, int, float]] = []  # (factor, DoF, shift)
+    products: dict[tuple, int] = {}
+    placement: dict[tuple[int, int], float] = {}
+
+    def sine(factor: float, dof: int, shift: float = 0.0) -> tuple[str, int]:
+        angles.append((factor, dof, shift))
+        return ("sin", len(angles) - 1)
+
+    def sinc(factor: float, dof: int) -> tuple[str, int]:
+        angles.append((factor, dof, 0.0))
+        return ("sinc", len(angles) - 1)
+
+    one = ("one", 0)
+
+    def add(coefficient: float, axis: int, bone: int, *factors: tuple[str, int]) -> None:
+        key = (*factors, one, one)[:3]
+        column = products.setdefault(key, len(products))
+        row = axis * C.NUM_BONES + bone
+        placement[row, column] = placement.get((row, column), 0.0) + coefficient
+
+    width, height = ("scale", 0), ("scale", 1)
+    quarter_turn = math.pi / 2
+    for side, bone in C.SCAPULA_BONES.items():
+        s, abduction = (-1.0 if side == "left" else 1.0), C.BONE_FIRST_DOF[bone]
+        elevation = abduction + 1
+        tilt = -math.pi / 4
+        add(-s / 4, 0, bone, width, sine(s, elevation, tilt + quarter_turn), sine(s, abduction, quarter_turn))
+        add(s / 4 * math.cos(math.pi / 4), 0, bone, width)
+        add(-0.5, 1, bone, height, sine(s, elevation, tilt))
+        add(-0.5 * math.sin(math.pi / 4), 1, bone, height)
+        add(0.25, 2, bone, width, sine(s, abduction))
+    for index, (bone, (bending, extension, _, _)) in enumerate(_SPINE):
+        length = ("scale", 2 + index)
+        add(-1.0, 0, bone, length, sine(0.5, bending), sinc(0.5 / math.pi, bending))
+        add(1.0, 1, bone, length, sinc(1 / math.pi, bending))
+        add(1.0, 1, bone, length, sinc(1 / math.pi, extension))
+        add(-2.0, 1, bone, length)
+        add(-1.0, 2, bone, length, sine(0.5, extension), sinc(0.5 / math.pi, extension))
+
+    count = len(angles)
+    start = {"sin": 0, "sinc": count, "scale": 2 * count, "one": 2 * count + NUM_TRANSLATION_SCALES}
+    angle_matrix = torch.zeros(count, C.NUM_DOFS, dtype=torch.float64)
+    for row, (factor, dof, _) in enumerate(angles):
+        angle_matrix[row, dof] = factor
+    angle_shift = torch.tensor([[shift] for _, _, shift in angles], dtype=torch.float64)
+    gather = torch.tensor([[start[kind] + i for kind, i in key] for key in products]).T.flatten()
+    table = torch.zeros(3 * C.NUM_BONES, len(products), dtype=torch.float64)
+    for (row, column), coefficient in placement.items():
+        table[row, column] = coefficient
+    return angle_matrix, angle_shift, gather, table
+
+
+def pose_translations_cf(
+    q: torch.Tensor, scales: torch.Tensor, one: torch.Tensor, offsets: torch.Tensor, table: tuple[torch.Tensor, ...]
+) -> torch.Tensor:
+    """Local translations: the rest offsets plus the pose-dependent ones (scapulae and spine arcs), component first.
 
     Args:
-        q: (B, 46); joints: (3, 24, B) rest joints of the shaped body.
+        q: (B, 46); scales: (5, B) lengths of `translation_scale_vectors`; one: (1, B) ones;
+        offsets: (72, B) rest offsets, rows (xyz, bone); table: `translation_table()` on the device.
     Returns:
-        (3, 24, B), zero for pure-rotation joints.
+        (3, 24, B).
     """
-    width = cf_norm(joints[:, 19] - joints[:, 14])
-    height = cf_norm(joints[:, 12] - joints[:, 11])
-    moved = []
-    for side, bone in C.SCAPULA_BONES.items():
-        first = C.BONE_FIRST_DOF[bone]
-        moved.append(scapula_offset(q[:, first], q[:, first + 1], width, height, left=side == "left"))
-    bend, ext, lower, upper = zip(*(dofs for _, dofs in _SPINE), strict=True)
-    lengths = (_pick(joints[1], upper) - _pick(joints[1], lower)).abs()  # (3 bones, B)
-    spine = spine_arc_offset(_pick(q.T, bend), _pick(q.T, ext), lengths)  # (3 bones, B, 3)
-    per_bone = [torch.zeros_like(joints[:, 0])] * C.NUM_BONES
-    for bone, offset in zip(_TRANSLATED_BONES, [*moved, *spine], strict=True):
-        per_bone[bone] = offset.T
-    return torch.stack(per_bone, dim=1)
-
-
-def _pick(values: torch.Tensor, indices: tuple[int, ...]) -> torch.Tensor:
-    """values[indices] along the first dimension without an index tensor (one a GPU would wait to be sent):
-    a strided slice when the indices are evenly spaced, else a stack of rows."""
-    step = indices[1] - indices[0] if len(indices) > 1 else 1
-    if step > 0 and all(b - a == step for a, b in zip(indices, indices[1:], strict=False)):
-        return values[indices[0] : indices[-1] + 1 : step]
-    return torch.stack([values[i] for i in indices])
+    angle_matrix, angle_shift, gather, placement = table
+    angles = torch.addmm(angle_shift, angle_matrix, q.T)
+    pool = torch.cat([angles.sin(), angles.sinc(), scales, one])
+    first, second, third = pool.index_select(0, gather).unflatten(0, (3, -1)).unbind(0)
+    return torch.addmm(offsets, placement, first * second * third).unflatten(0, (3, -1))
 
 
 def pose_translations(q: torch.Tensor, joints: torch.Tensor) -> torch.Tensor:
@@ -371,7 +425,10 @@ def pose_translations(q: torch.Tensor, joints: torch.Tensor) -> torch.Tensor:
     Returns:
         (B, 24, 3), zero for pure-rotation joints.
     """
-    return vectors_from_cf(pose_translations_cf(q, vectors_to_cf(joints)))
+    table = tuple(t.to(q) if t.is_floating_point() else t.to(q.device) for t in translation_table())
+    scales = translation_scale_vectors(joints).norm(dim=-1).T
+    zero = q.new_zeros(3 * C.NUM_BONES, q.shape[0])
+    return vectors_from_cf(pose_translations_cf(q, scales, q.new_ones(1, q.shape[0]), zero, table))
 
 
 # ------------------------------------------------------------------------------ chain stage
@@ -404,8 +461,8 @@ def chain_cf(rotations: torch.Tensor, translations: torch.Tensor, pointers: torc
     transforms = torch.cat([torch.cat([rotations, translations[:, None]], dim=1), identity], dim=2)  # [R | t]
     for pointer in pointers:
         parent = transforms.index_select(2, pointer)
-        transforms = cf_matmul(parent[:, :3], transforms)  # [R_p·R | R_p·t] ...
-        transforms[:, 3] += parent[:, 3]  # ... + [0 | t_p]
+        transforms = cf_matmul(parent.narrow(1, 0, 3), transforms)  # [R_p·R | R_p·t] ...
+        transforms.select(1, 3).add_(parent.select(1, 3))  # ... + [0 | t_p]
     return transforms[:, :3, :-1], transforms[:, 3, :-1]
 
 
@@ -513,11 +570,16 @@ class PosedSkeleton:
 
     rest_joints: torch.Tensor  # (3, 24, B)
     rest_orientation: torch.Tensor  # (3, 3, 24, B) Rk01
-    frame: torch.Tensor  # (3, 3, 24, B) F = Rk01·Raᵀ, local R = F·Rp·Fᵀ
+    apose_rot: torch.Tensor  # (3, 3, 24, 1) Ra
     local_r: torch.Tensor  # (3, 3, 24, B)
     translations: torch.Tensor  # (3, 24, B) local translations (offsets and the pose-dependent ones)
     world_r: torch.Tensor  # (3, 3, 24, B)
     world_t: torch.Tensor  # (3, 24, B) joints before the global translation
+
+    @property
+    def frame(self) -> torch.Tensor:
+        """(3, 3, 24, B) F = Rk01·Raᵀ, local R = F·Rp·Fᵀ (only the Jacobians need it: not built by the pass)."""
+        return cf_matmul(self.rest_orientation, cf_transpose(self.apose_rot))
 
 
 @dataclass(frozen=True)
@@ -609,6 +671,9 @@ def _dense(matrix: sp.spmatrix) -> torch.Tensor:
 
 
 _CACHE_SIZE = 8  # vertex subsets and folded regressors kept by SKELLayer
+# Row blocks of `SKELLayer.rest_rows`: rest joints, their offsets, c·I + [v]×, v, c, translation scales, 1.
+_REST_ROWS = {"joints": 72, "offsets": 72, "linear": 216, "v": 72, "c": 24, "scales": 15, "one": 1}  # 24 bones
+_TRANSLATION_TABLE = ("translation_angles", "translation_shift", "translation_gather", "translation_placement")
 
 
 class SKELLayer(nn.Module):
@@ -652,24 +717,28 @@ class SKELLayer(nn.Module):
         def derived(name: str, value: torch.Tensor) -> None:
             self.register_buffer(name, value.contiguous(), persistent=False)
 
-        # Rest joints, their offsets and the bone vectors are linear in β: rows (quantity, xyz, joint).
-        basis = torch.cat([self.joint_template[None], self.joint_shapedirs.permute(2, 0, 1)])  # (11, 24, 3)
-        offsets = local_offsets(basis, self.parents)
-        stacked = torch.stack([basis, offsets, bone_vectors(offsets, self.parents)], 1)  # (11, 3, 24, 3)
-        stacked = stacked.transpose(-1, -2).flatten(1)  # (11, 216)
-        derived("shape_constant", stacked[0][:, None])
-        derived("shape_matrix", stacked[1:].T)
         per_joint_rot = rotations_to_cf(self.per_joint_rot[None])
         derived("per_joint_rot_cf", per_joint_rot)
         derived("apose_rot_cf", rotations_to_cf(self.apose_rot[None]))
         model_vectors = vectors_to_cf(bone_vectors(self.apose_offsets[None], self.parents, shaped=False))
-        derived("model_vectors", cf_matvec(per_joint_rot, model_vectors))
-        derived("fixed", fixed_orientation_mask())
-        derived("model_half_turn", cf_half_turn(self.model_vectors))
-        axes = torch.cat([torch.as_tensor(C.dof_axes(), dtype=torch.float32), torch.zeros(1, 3)])
-        derived("axis_skew", cf_skew(axes.T)[..., None])
-        derived("axis_square", cf_matmul(self.axis_skew, self.axis_skew))
-        derived("dof_slots", dof_slots())
+        model_vectors = cf_matvec(per_joint_rot, model_vectors)  # (3, 24, 1)
+        derived("model_half_turn", cf_half_turn(model_vectors))
+        self._unit_model_vectors = (model_vectors / cf_norm(model_vectors, 1e-8))[..., 0].T  # (24, 3)
+        # Everything the skeleton needs from the rest joints is affine in them, so in β: one GEMM.
+        basis = torch.cat([self.joint_template[None], self.joint_shapedirs.permute(2, 0, 1)])  # (11, 24, 3)
+        rows = self.rest_rows(basis)
+        derived("rest_constant", rows[0, :, None] + self._rest_rows_constant())
+        derived("rest_matrix", rows[1:].T)
+        # The DoF axes turned into their bone's rest frame P·Raᵀ: local R = Gk·Rp'·Gkᵀ, Rk01 = Gk·P.
+        slots = dof_slots()
+        axes = slot_axes(torch.as_tensor(C.dof_axes(), dtype=torch.float32), slots).unflatten(1, (3, -1))
+        rest_frame = cf_matmul(per_joint_rot, cf_transpose(self.apose_rot_cf))[..., 0]  # (3, 3, 24)
+        skew, square = slot_rotation_terms(cf_matvec(rest_frame.unsqueeze(2), axes).flatten(1))
+        derived("slot_skew", skew)
+        derived("slot_square", square)
+        derived("dof_slots", slots)
+        for name, value in zip(_TRANSLATION_TABLE, translation_table(), strict=True):
+            derived(name, value.float() if value.is_floating_point() else value)
         derived("chain_pointers", chain_pointers(self.parents))
         # Pose feature: only the SMPL joints some bone drives (the others' R − I is zero).
         driven = [(smpl - 1, bone) for smpl, bone in enumerate(self.smpl_source, start=1) if bone >= 0]
@@ -718,20 +787,56 @@ class SKELLayer(nn.Module):
             self._cache[(kind, id(key))] = entry
         return entry[2]
 
+    def rest_rows(self, joints: torch.Tensor) -> torch.Tensor:
+        """The skeleton's inputs as linear functions of the rest joints, without `_rest_rows_constant`:
+        (N, 24, 3) → (N, 472), blocks of `_REST_ROWS` (each channels first, bones last).
+
+        The bone rest rotations Gk need c = â·b, v = â×b and c·I + [v]× (`cf_rotation_from_dot_cross`;
+        â the model's unit bone vectors, b the body's); the fixed bones' rows are zero, their constant
+        c = 1 making Gk = I.
+        """
+        offsets = local_offsets(joints, self.parents)
+        body = bone_vectors(offsets, self.parents)
+        moving = (~fixed_orientation_mask()).to(joints)  # (24, 1)
+        unit = self._unit_model_vectors.to(joints)
+        c = (body * unit).sum(-1) * moving[:, 0]
+        v = torch.linalg.cross(unit.expand_as(body), body, dim=-1) * moving
+        linear = c[..., None, None] * torch.eye(3).to(joints) + rotations_from_cf(cf_skew(vectors_to_cf(v)))
+        blocks = (
+            joints.transpose(-1, -2), offsets.transpose(-1, -2), linear.permute(0, 2, 3, 1), v.transpose(-1, -2),
+            c, translation_scale_vectors(joints), torch.zeros_like(c[:, :1]),
+        )  # fmt: skip
+        return torch.cat([block.flatten(1) for block in blocks], dim=1)
+
+    def _rest_rows_constant(self) -> torch.Tensor:
+        """(472, 1): c = 1 and c·I = I for the fixed bones, and the row of ones."""
+        constant = torch.zeros(sum(_REST_ROWS.values()))
+        start = dict(zip(_REST_ROWS, np.cumsum([0, *_REST_ROWS.values()]).tolist(), strict=False))
+        for bone in C.FIXED_ORIENTATION_BONES:
+            constant[start["c"] + bone] = 1.0
+            for axis in range(3):
+                constant[start["linear"] + (4 * axis) * C.NUM_BONES + bone] = 1.0
+        constant[start["one"]] = 1.0
+        return constant[:, None]
+
     def posed_skeleton(self, q: torch.Tensor, betas: torch.Tensor) -> PosedSkeleton:
         """The whole skeleton stage, component first: q (B, 46), β (B, 10)."""
-        rest = torch.addmm(self.shape_constant, self.shape_matrix, betas.T).view(3, 3, C.NUM_BONES, -1)
-        return self._pose(q, *rest.unbind(0))
+        return self._pose(q, torch.addmm(self.rest_constant, self.rest_matrix, betas.T))
 
-    def _pose(self, q, rest_joints, offsets, body_vectors) -> PosedSkeleton:
-        rest_orientation = rest_orientation_cf(
-            self.model_vectors, body_vectors, self.per_joint_rot_cf, self.fixed, self.model_half_turn
-        )
-        joint = joint_rotations_cf(q, self.axis_skew, self.axis_square, self.dof_slots)
-        local_r, frame = local_rotations_cf(rest_orientation, self.apose_rot_cf, joint)
-        translations = offsets + pose_translations_cf(q, rest_joints)
+    def _pose(self, q: torch.Tensor, rows: torch.Tensor) -> PosedSkeleton:
+        """The skeleton from q (B, 46) and the rest rows (472, B) of `rest_rows`."""
+        batch = rows.shape[1]
+        rest_joints, offsets, linear, v, c, scale_vectors, one = rows.split(tuple(_REST_ROWS.values()))
+        rest_joints = rest_joints.view(3, C.NUM_BONES, batch)
+        linear, v = linear.view(3, 3, C.NUM_BONES, batch), v.view(3, C.NUM_BONES, batch)
+        gk = cf_rotation_from_dot_cross(c, v, linear, self.model_half_turn)
+        rest_orientation = cf_matmul(gk, self.per_joint_rot_cf)
+        local_r = cf_conjugate(gk, joint_rotations_cf(q, self.slot_skew, self.slot_square, self.dof_slots))
+        scales = scale_vectors.view(NUM_TRANSLATION_SCALES, 3, batch).square().sum(1).sqrt()
+        table = tuple(getattr(self, name) for name in _TRANSLATION_TABLE)
+        translations = pose_translations_cf(q, scales, one, offsets, table)
         world_r, world_t = chain_cf(local_r, translations, self.chain_pointers)
-        return PosedSkeleton(rest_joints, rest_orientation, frame, local_r, translations, world_r, world_t)
+        return PosedSkeleton(rest_joints, rest_orientation, self.apose_rot_cf, local_r, translations, world_r, world_t)
 
     def pose_skeleton(self, q: torch.Tensor, rest_joints: torch.Tensor):
         """Local rotations, world rotations and translations, and bone rest orientations.
@@ -739,9 +844,8 @@ class SKELLayer(nn.Module):
         Returns:
             local_r (B, 24, 3, 3), world_r (B, 24, 3, 3), world_t (B, 24, 3), rest_orientation (B, 24, 3, 3).
         """
-        offsets = local_offsets(rest_joints, self.parents)
-        cf = [vectors_to_cf(v) for v in (rest_joints, offsets, bone_vectors(offsets, self.parents))]
-        pose = self._pose(q, *cf)
+        rows = self.rest_rows(rest_joints).T + self._rest_rows_constant().to(rest_joints)
+        pose = self._pose(q, rows)
         return (*(rotations_from_cf(r) for r in (pose.local_r, pose.world_r)), vectors_from_cf(pose.world_t),
                 rotations_from_cf(pose.rest_orientation))  # fmt: skip
 

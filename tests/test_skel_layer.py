@@ -195,3 +195,78 @@ def test_folded_keypoints_gradcheck_and_match_the_support_skin(male, model_paths
     assert torch.autograd.gradcheck(
         lambda q, b, t: double.keypoints(q, b, t, regressor), (q, betas, trans), fast_mode=True, atol=1e-6, rtol=1e-4
     )
+
+
+def _plain_pose_translations(q: torch.Tensor, joints: torch.Tensor) -> torch.Tensor:
+    """The scapula and spine-arc translations written out term by term: (B, 46), (B, 24, 3) → (B, 24, 3)."""
+    out = torch.zeros_like(joints)
+    width = (joints[:, C.SCAPULA_BONES["left"]] - joints[:, C.SCAPULA_BONES["right"]]).norm(dim=-1)
+    height = (joints[:, 12] - joints[:, 11]).norm(dim=-1)
+    for side, bone in C.SCAPULA_BONES.items():
+        s = -1.0 if side == "left" else 1.0
+        a, t = s * q[:, C.BONE_FIRST_DOF[bone]], s * q[:, C.BONE_FIRST_DOF[bone] + 1] - np.pi / 4
+        out[:, bone, 0] = -s * width / 4 * (torch.cos(t) * torch.cos(a) - np.cos(np.pi / 4))
+        out[:, bone, 1] = -height / 2 * (torch.sin(t) + np.sin(np.pi / 4))
+        out[:, bone, 2] = width / 4 * torch.sin(a)
+    for bone, (bend, ext, lower, upper) in C.SPINE_ARC_BONES.items():
+        length = (joints[:, upper, 1] - joints[:, lower, 1]).abs()
+        chords = []
+        for angle in (q[:, bend], q[:, ext]):
+            small = angle.abs() < 1e-5  # the chord's limit: L·α/2 sideways, L along
+            safe = torch.where(small, torch.ones_like(angle), angle)
+            side = torch.where(small, length * angle / 2, length * (1 - torch.cos(safe)) / safe)
+            chords.append((side, torch.where(small, length, length * torch.sin(safe) / safe)))
+        (x_bend, y_bend), (x_ext, y_ext) = chords
+        out[:, bone] = torch.stack([-x_bend, y_bend + y_ext - 2 * length, -x_ext], -1)
+    return out
+
+
+def test_tabled_pose_translations_match_the_plain_formulas(male):
+    """`translation_table` regroups the scapula and spine-arc offsets into products; the same numbers,
+    also at zero and tiny bending angles where the plain chord switches to its limit."""
+    from hsmr_model.skel_layer import pose_translations
+
+    rng = np.random.default_rng(9)
+    q = torch.as_tensor(random_poses_in_limits(rng, 6), dtype=torch.float64)
+    q[0] = 0.0
+    q[1, [bend for bend, *_ in C.SPINE_ARC_BONES.values()]] = 1e-7
+    joints = copy.deepcopy(male).double().rest_joints(torch.as_tensor(rng.normal(size=(6, 10))))
+    expected = _plain_pose_translations(q, joints)
+    assert (pose_translations(q, joints) - expected).abs().max() < 1e-12
+    assert expected[2:].abs().max() > 0.01  # the poses do move the scapulae and the spine
+    moved = set(C.SCAPULA_BONES.values()) | set(C.SPINE_ARC_BONES)
+    assert expected[:, [b for b in range(C.NUM_BONES) if b not in moved]].abs().max() == 0
+
+
+def test_fused_skeleton_stage_matches_the_plain_rest_orientation(male):
+    """The layer's rest rows (one GEMM in β, or the joints for `pose_skeleton`) give the rest orientations
+    and local translations of the plain definitions."""
+    from hsmr_model.skel_layer import pose_translations
+
+    double = copy.deepcopy(male).double()
+    rng = np.random.default_rng(10)
+    q = torch.as_tensor(random_poses_in_limits(rng, 5), dtype=torch.float64)
+    betas = torch.as_tensor(rng.normal(size=(5, 10)) * 2)
+    rest_joints = double.rest_joints(betas)
+    offsets = local_offsets(rest_joints, double.parents)
+    expected = bone_rest_orientation(offsets, double.apose_offsets, double.per_joint_rot, double.parents)
+    pose = double.posed_skeleton(q, betas)
+    assert (pose.rest_orientation.permute(3, 2, 0, 1) - expected).abs().max() < 1e-6  # float32-derived constants
+    translations = pose.translations.permute(2, 1, 0)
+    assert (translations - offsets - pose_translations(q, rest_joints)).abs().max() < 1e-6
+    *_, from_joints = double.pose_skeleton(q, rest_joints)
+    assert (from_joints - expected).abs().max() < 1e-6
+
+
+def test_rotation_between_handles_the_general_and_the_antiparallel_case():
+    from hsmr_model.skel_layer import cf_rotation_between
+
+    rng = np.random.default_rng(11)
+    source = torch.as_tensor(rng.normal(size=(3, 50)))
+    target = torch.as_tensor(rng.normal(size=(3, 50))) * 3
+    target[:, :5] = -2 * source[:, :5]  # antiparallel: a half turn
+    rotation = cf_rotation_between(source, target).permute(2, 0, 1)  # (50, 3, 3)
+    turned = (rotation @ source.T[..., None])[..., 0]
+    assert torch.allclose(turned / turned.norm(dim=-1, keepdim=True), (target / target.norm(dim=0)).T, atol=1e-12)
+    assert torch.allclose(rotation @ rotation.transpose(1, 2), torch.eye(3, dtype=torch.float64).expand(50, 3, 3))
+    assert torch.allclose(torch.linalg.det(rotation), torch.ones(50, dtype=torch.float64))
