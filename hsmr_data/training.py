@@ -260,8 +260,15 @@ class Trainer:
         keypoints_3d, keypoints_2d = predicted_keypoints(
             self.skel, self.regressor, output_q, output_betas, output.cam_t.float()
         )
+        grid_keypoints = None if output.grid_keypoints_2d is None else output.grid_keypoints_2d.float()
         total, parts = hsmr_loss(
-            output.bone_rotations.float(), output_betas, keypoints_3d, keypoints_2d, targets, self.config.loss_weights
+            output.bone_rotations.float(),
+            output_betas,
+            keypoints_3d,
+            keypoints_2d,
+            targets,
+            self.config.loss_weights,
+            grid_keypoints,
         )
         lr = learning_rate(self.config, self.step)
         for group in self.optimizer.param_groups:

@@ -5,7 +5,8 @@ L = w_orient·L_orient + w_body·L_body + w_β·L_β + w_3D·L_kp3D + w_2D·L_kp
   global orientation) apart from bones 1–23, masked by has_pose;
 - L_β: squared error of β, masked by has_betas;
 - L_kp3D: confidence-weighted L1 of the 44 keypoints, both sets centred on keypoint 39 (pelvis);
-- L_kp2D: confidence-weighted L1 of the projected keypoints in normalised crop units.
+- L_kp2D: confidence-weighted L1 of the projected keypoints in normalised crop units;
+- L_grid2D (optional): the same L1 for the keypoints the network reads from its token grid.
 
 Each term is summed over its elements *and over the batch*, as in HMR2.0/HSMR: the weights of the
 public configuration are tuned for these sums. The per-sample functions return (B,) so a caller can
@@ -35,6 +36,7 @@ class LossWeights:
     orientation: float = 0.002
     body_pose: float = 0.001
     betas: float = 0.0005
+    grid_kp2d: float = 0.0  # the 2D keypoints the network reads from its token grid, when it has them
 
 
 @dataclass
@@ -99,14 +101,16 @@ def hsmr_loss(
     keypoints_2d: torch.Tensor,
     targets: LossTargets,
     weights: LossWeights | None = None,
+    grid_keypoints_2d: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The weighted training loss of a batch and its unweighted parts (each summed over the batch).
 
     Args:
         rotations: (B, 24, 3, 3) predicted per-bone rotations; betas: (B, 10);
-        keypoints_3d: (B, K, 3) and keypoints_2d: (B, K, 2) from `predicted_keypoints`.
+        keypoints_3d: (B, K, 3) and keypoints_2d: (B, K, 2) from `predicted_keypoints`;
+        grid_keypoints_2d: (B, K, 2) the network read from its token grid, if it does.
     Returns:
-        total (), parts {"orientation", "body_pose", "betas", "kp3d", "kp2d"}.
+        total (), parts {"orientation", "body_pose", "betas", "kp3d", "kp2d"} and "grid_kp2d" when given.
     """
     weights = weights or LossWeights()
     orientation, body = rotation_losses(rotations, bone_rotations(targets.q.to(rotations.dtype)), targets.has_pose)
@@ -117,5 +121,7 @@ def hsmr_loss(
         "kp3d": keypoint_3d_loss(keypoints_3d, targets.keypoints_3d).sum(),
         "kp2d": keypoint_2d_loss(keypoints_2d, targets.keypoints_2d).sum(),
     }
+    if grid_keypoints_2d is not None:
+        parts["grid_kp2d"] = keypoint_2d_loss(grid_keypoints_2d, targets.keypoints_2d).sum()
     total = sum(getattr(weights, name) * value for name, value in parts.items())  # parts are named as the weights
     return total, parts

@@ -54,6 +54,7 @@ class ViTConfig:
     # from scratch on little data learns far faster with them; the pooling buys CPU time).
     stem: str = "patch"
     stem_pool: int = 1
+    stem_depth: int = 1  # convolutions per stride-2 stage of the conv stem (the extra ones at stride 1)
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -77,6 +78,10 @@ class HeadConfig:
     # a network from scratch then reads where the body parts are from the first step, while
     # cross-attention starts uniform (an average that forgets the layout). Only for small grids.
     spatial_query: bool = False
+    # Keypoints read straight from the token grid (a linear map per token to one heatmap logit per
+    # keypoint, then a soft-argmax over the cells): an auxiliary 2D loss on them tells a backbone trained
+    # from scratch where each body part is, from every sample (keypoints-only ones too). 0: none.
+    grid_keypoints: int = 0
 
 
 VIT_CONFIGS: dict[str, ViTConfig] = {
@@ -161,6 +166,19 @@ def decode_pose(pose: torch.Tensor, pose_target: str) -> tuple[torch.Tensor, tor
     return q_to_target88(pose), pose, bone_rotations(pose)
 
 
+def grid_cell_centres(rows: int, cols: int, width: int = VIT_INPUT_WIDTH, crop_size: int = CROP_SIZE) -> torch.Tensor:
+    """Centres of the token grid's cells in normalised crop coordinates (the crop spans [−0.5, 0.5]; the
+    grid covers its central `width` columns): (rows·cols, 2) as (x, y), row-major like the tokens."""
+    y = (torch.arange(rows) + 0.5) / rows - 0.5
+    x = ((torch.arange(cols) + 0.5) / cols - 0.5) * width / crop_size
+    return torch.stack(torch.meshgrid(x, y, indexing="xy"), dim=-1).reshape(-1, 2)
+
+
+def soft_argmax(logits: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """Expected position under a softmax over cells: logits (B, K, N), cell centres (N, 2) → (B, K, 2)."""
+    return logits.softmax(dim=-1) @ centres
+
+
 def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
     """Stochastic depth: drop a residual branch (B, N, D) per sample, rescale the kept ones."""
     if rate == 0.0 or not training:
@@ -180,10 +198,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> 
 
 # ------------------------------------------------------------------------------------ backbone
 class ConvStem(nn.Module):
-    """Average pooling by `pool`, then 3×3 stride-2 convolutions (BatchNorm, ReLU; the last one linear)
-    up to a total stride of `stride`: (B, 3, H, W) → (B, dim, H/stride, W/stride)."""
+    """Average pooling by `pool`, then stages of 3×3 convolutions (BatchNorm, ReLU; the last one linear),
+    each stage one at stride 2 and `depth` − 1 at stride 1, up to a total stride of `stride`:
+    (B, 3, H, W) → (B, dim, H/stride, W/stride)."""
 
-    def __init__(self, dim: int, stride: int, pool: int):
+    def __init__(self, dim: int, stride: int, pool: int, depth: int = 1):
         super().__init__()
         convolutions = int(math.log2(stride // pool))
         if pool * 2**convolutions != stride or convolutions < 1:
@@ -192,6 +211,8 @@ class ConvStem(nn.Module):
         layers: list[nn.Module] = [nn.AvgPool2d(pool)] if pool > 1 else []
         for c_in, c_out in zip(widths, widths[1:], strict=False):
             layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
+            for _ in range(depth - 1):
+                layers += [nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
         layers.append(nn.Conv2d(widths[-1], dim, 3, stride=2, padding=1))
         self.layers = nn.Sequential(*layers)
 
@@ -246,7 +267,7 @@ class ViTBackbone(nn.Module):
         if config.stem not in ("patch", "conv"):
             raise ValueError(f"stem must be 'patch' or 'conv', got {config.stem!r}")
         if config.stem == "conv":
-            self.patch_embed = ConvStem(config.dim, config.patch_size, config.stem_pool)
+            self.patch_embed = ConvStem(config.dim, config.patch_size, config.stem_pool, config.stem_depth)
         else:
             self.patch_embed = nn.Conv2d(
                 3, config.dim, config.patch_size, stride=config.patch_size, padding=config.patch_padding
@@ -347,6 +368,7 @@ class HSMROutput:
     betas: torch.Tensor  # (B, 10)
     cam: torch.Tensor  # (B, 3) weak perspective (s, t_x, t_y)
     cam_t: torch.Tensor  # (B, 3) crop-camera translation
+    grid_keypoints_2d: torch.Tensor | None = None  # (B, K, 2) from the token grid, when the head reads them
 
 
 class HSMRNetwork(nn.Module):
@@ -358,12 +380,19 @@ class HSMRNetwork(nn.Module):
         self.backbone = ViTBackbone(config.backbone)
         rows, cols = config.backbone.grid
         self.head = HSMRHead(config.backbone.dim, config.head, config.pose_target, rows * cols)
+        self.keypoint_logits = None
+        if config.head.grid_keypoints:
+            self.keypoint_logits = nn.Linear(config.backbone.dim, config.head.grid_keypoints)
+            self.register_buffer("cell_centres", grid_cell_centres(rows, cols, config.backbone.image_size[1]))
 
     def forward(self, images: torch.Tensor) -> HSMROutput:
         tokens = self.backbone(normalize_imagenet(crop_vit_input(images))).flatten(2).transpose(1, 2)
         pose, betas, cam = self.head(tokens)
         target88, q, rotations = decode_pose(pose, self.config.pose_target)
-        return HSMROutput(target88, q, rotations, betas, cam, weak_perspective_to_translation(cam))
+        grid_keypoints = None
+        if self.keypoint_logits is not None:
+            grid_keypoints = soft_argmax(self.keypoint_logits(tokens).transpose(1, 2), self.cell_centres)
+        return HSMROutput(target88, q, rotations, betas, cam, weak_perspective_to_translation(cam), grid_keypoints)
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 import time
 
 import numpy as np
@@ -29,10 +30,12 @@ from hsmr_model.network import (
     ViTConfig,
     count_parameters,
     crop_vit_input,
+    grid_cell_centres,
     load_vitpose_backbone,
     mean_pose,
     network_config,
     normalize_imagenet,
+    soft_argmax,
     weak_perspective_to_translation,
 )
 from hsmr_model.pose_repr import bone_rotations, q_to_target88
@@ -71,7 +74,8 @@ def test_cpu_network_output_shapes_and_starting_point(size, pose_target, tokens)
     torch.manual_seed(0)
     net = HSMRNetwork(network_config(size, pose_target))
     out = net(torch.rand(2, 3, 256, 256))
-    shapes = {name: tuple(value.shape) for name, value in vars(out).items()}
+    shapes = {name: tuple(value.shape) for name, value in vars(out).items() if value is not None}
+    shapes.pop("grid_keypoints_2d", None)  # an auxiliary output of some sizes, tested on its own
     assert shapes == {
         "target88": (2, 88),
         "q": (2, 46),
@@ -87,6 +91,39 @@ def test_cpu_network_output_shapes_and_starting_point(size, pose_target, tokens)
     assert torch.allclose(out.bone_rotations[:, 1:], eye.expand(2, 23, 3, 3), atol=0.05)
     assert net.backbone(torch.zeros(1, 3, 256, 192)).shape == (1, *tokens)
     assert net.backbone.config.grid == tokens[1:]
+
+
+def test_grid_keypoints_sit_where_their_cells_are_in_the_crop():
+    """A token's cell centre is where its patch lies in the 256-pixel crop (the grid sees the central 192
+    columns), and a soft-argmax peaked on one cell returns that centre."""
+    rows, cols = 8, 6
+    centres = grid_cell_centres(rows, cols)
+    patch = 256 // rows  # 32 pixels; the first patch column starts at (256 − 192) / 2 = 32
+    first_pixel_centre = np.array([32 + patch / 2, patch / 2]) / 256 - 0.5
+    assert np.allclose(centres[0].numpy(), first_pixel_centre)
+    assert np.allclose(centres[cols + 2].numpy(), first_pixel_centre + np.array([2, 1]) * patch / 256)
+    logits = torch.full((1, 2, rows * cols), -1e4)
+    logits[0, 0, 17] = logits[0, 1, 40] = 0.0
+    assert torch.allclose(soft_argmax(logits, centres)[0], centres[[17, 40]])
+
+
+def test_grid_keypoints_add_their_own_loss_term(skel, regressor):
+    torch.manual_seed(0)
+    config = network_config("small")
+    net = HSMRNetwork(replace(config, head=replace(config.head, grid_keypoints=44)))
+    out = net(torch.rand(2, 3, 256, 256))
+    assert out.grid_keypoints_2d.shape == (2, 44, 2) and out.grid_keypoints_2d.abs().max() <= 0.5
+    targets = LossTargets(
+        q=out.q.detach(), betas=out.betas.detach(), has_pose=torch.ones(2), has_betas=torch.ones(2),
+        keypoints_3d=torch.zeros(2, 44, 4), keypoints_2d=torch.cat([torch.full((2, 44, 2), 0.2), torch.ones(2, 44, 1)], -1),
+    )  # fmt: skip
+    kp3d, kp2d = predicted_keypoints(skel, regressor, out.q, out.betas, out.cam_t)
+    without, parts = hsmr_loss(out.bone_rotations, out.betas, kp3d, kp2d, targets, LossWeights(grid_kp2d=1.0))
+    total, parts = hsmr_loss(out.bone_rotations, out.betas, kp3d, kp2d, targets, LossWeights(grid_kp2d=1.0), out.grid_keypoints_2d)
+    expected = (out.grid_keypoints_2d - 0.2).abs().sum()
+    assert torch.isclose(parts["grid_kp2d"], expected) and torch.isclose(total - without, expected)
+    total.backward()
+    assert net.keypoint_logits.weight.grad.abs().sum() > 0
 
 
 def test_paper_sizes_have_the_paper_parameter_counts():
