@@ -40,7 +40,7 @@ from hsmr_model.body_models import SKEL_SEX, BodyModels
 from hsmr_model.devices import resolve_device
 from hsmr_model.losses import predicted_keypoints
 from hsmr_model.model_files import BodyModelPaths
-from hsmr_model.network import HSMRNetwork, network_config
+from hsmr_model.network import HSMRNetwork, checkpoint_network
 
 CHECKPOINT = "checkpoint.pt"  # the name the Trainer writes in its run folder
 TIGHT_BOX_MARGIN = 1.2  # crop side / longer side of a tight box: how the training crops frame people
@@ -91,7 +91,7 @@ class Predictor:
         state = torch.load(checkpoint_path(config.checkpoint), map_location="cpu", weights_only=True)
         train_config = state["config"]
         self.step = int(state["step"])
-        self.model = HSMRNetwork(network_config(train_config["size"], train_config["pose_target"]))
+        self.model = HSMRNetwork(checkpoint_network(state))
         self.model.load_state_dict(state["model"])
         self.model.to(self.device).eval()
         paths = BodyModelPaths.from_root(config.models_root)

@@ -193,10 +193,10 @@ def augment_labels(arrays: dict[str, np.ndarray], augmentations: list[SampleAugm
         q (B, 46), betas (B, 10), target88 (B, 88), keypoints_2d (B, 44, 3), keypoints_3d (B, 44, 4),
         has_pose (B,), has_betas (B,); float64.
     """
+
     def stacked(name: str) -> np.ndarray:
-        return np.stack(
-            [np.asarray(a[name + ("_flip" if aug.flipped else "")], np.float64) for a, aug in zip(arrays, augmentations)]
-        )
+        pairs = zip(arrays, augmentations, strict=True)
+        return np.stack([np.asarray(a[name + ("_flip" if aug.flipped else "")], np.float64) for a, aug in pairs])
 
     q, keypoints_2d, keypoints_3d = stacked("q"), stacked("keypoints_2d").copy(), stacked("keypoints_3d").copy()
     linear = np.stack([aug.linear() for aug in augmentations])  # (B, 2, 2)
@@ -232,7 +232,7 @@ def augment_images(images: torch.Tensor, augmentations: list[SampleAugmentation]
     # grid_sample's coordinates are 2× the normalised crop ones; it asks, for each output point y,
     # where to read: x = flip·(zoom·R)⁻¹·(y − 2·shift).
     theta = np.zeros((len(augmentations), 2, 3))
-    for out, aug in zip(theta, augmentations):
+    for out, aug in zip(theta, augmentations, strict=True):
         inverse = np.linalg.inv(aug.linear())
         if aug.flipped:
             inverse[0] *= -1
@@ -294,8 +294,13 @@ class TrainingBatches(torch.utils.data.Dataset):
         }
         batch["images"] = augment_images(torch.stack([sample.image for sample in samples]), augmentations)
         batch["meta"] = [
-            {"sample_id": sample.sample_id, "dataset": sample.dataset, "flipped": aug.flipped, "rotation_deg": aug.rotation_deg}
-            for sample, aug in zip(samples, augmentations)
+            {
+                "sample_id": sample.sample_id,
+                "dataset": sample.dataset,
+                "flipped": aug.flipped,
+                "rotation_deg": aug.rotation_deg,
+            }
+            for sample, aug in zip(samples, augmentations, strict=True)
         ]
         batch["step"] = step
         batch["labels_version"] = version

@@ -34,6 +34,7 @@ from hsmr_data.progress import Progress
 from hsmr_data.refine import RefineConfig, RefineOptions, Refiner
 from hsmr_data.refine_training import RefineCallback
 from hsmr_data.training import RECIPES, TrainConfig, Trainer, make_config
+from hsmr_model.network import network_config
 
 RUN_FILE = "run.json"
 RESULT_FILE = "result.json"
@@ -178,7 +179,8 @@ def run_step(options: TrainOptions, on_log: Callable[[dict], None] | None = None
 
 
 def train_or_reuse(spec: TrainingRun) -> tuple[dict[str, Any], float | None]:
-    """`run(spec)` unless its folder holds a finished run of as many steps (a study's cached network).
+    """`run(spec)` unless its folder holds a finished run of as many steps of the network the spec names
+    (a study's cached network; one of an older definition of the size is trained again).
 
     Keeps the caller's torch thread count (a recipe may train on one thread; what runs after it should not).
     Returns:
@@ -187,7 +189,9 @@ def train_or_reuse(spec: TrainingRun) -> tuple[dict[str, Any], float | None]:
     result_path = Path(spec.train.out_dir) / RESULT_FILE
     if result_path.is_file():
         result = json.loads(result_path.read_text())
-        if result["step"] >= spec.train.steps:
+        state = torch.load(result["checkpoint"], map_location="cpu", weights_only=True)
+        current = network_config(spec.train.size, spec.train.pose_target)
+        if result["step"] >= spec.train.steps and state.get("network") == current.to_dict():
             return result, None
     threads, started = torch.get_num_threads(), time.perf_counter()
     try:

@@ -93,7 +93,7 @@ RECIPES: dict[str, dict] = {
         "lr": 1e-3,
         "warmup_steps": 100,
         "lr_schedule": "cosine",
-        "loss_weights": LossWeights(kp3d=0.005, kp2d=0.001, orientation=0.5, body_pose=0.5, betas=0.05),
+        "loss_weights": LossWeights(kp3d=0.005, kp2d=0.001, orientation=0.5, body_pose=0.5, betas=0.05, grid_kp2d=0.3),
         "augment": AugmentConfig(scale=0.15, rotation_p=0.3, rotation_deg=15.0),
     },
 }
@@ -194,6 +194,7 @@ class Trainer:
             "step": self.step,
             "torch_rng": torch.get_rng_state(),
             "config": json.loads(json.dumps(asdict(self.config), default=str)),
+            "network": self.model.config.to_dict(),
         }
         tmp = path.with_suffix(".tmp")
         torch.save(state, tmp)

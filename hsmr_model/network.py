@@ -17,7 +17,7 @@ That is the upright body facing the camera, HSMR's mean; the tests check it on t
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -89,14 +89,16 @@ VIT_CONFIGS: dict[str, ViTConfig] = {
     "tiny": ViTConfig(dim=64, depth=2, heads=2, mlp_dim=256),
     # The CPU recipe's network (`hsmr_data.training.RECIPES["cpu"]`): a convolutional stem, still a
     # ViT and the same head, trained from scratch in minutes.
-    "small": ViTConfig(dim=128, depth=2, heads=4, mlp_dim=384, patch_size=32, stem="conv", stem_pool=2),
+    "small": ViTConfig(dim=128, depth=2, heads=4, mlp_dim=384, patch_size=32, stem="conv", stem_pool=2, stem_depth=2),
     "B": ViTConfig(dim=768, depth=12, heads=12, mlp_dim=3072),
     # HMR2.0 and HSMR fine-tune ViT-H from ViTPose with stochastic depth 0.55.
     "H": ViTConfig(dim=1280, depth=32, heads=16, mlp_dim=5120, drop_path=0.55),
 }
 HEAD_CONFIGS: dict[str, HeadConfig] = {
     "tiny": HeadConfig(dim=64, depth=2, heads=2, dim_head=32, mlp_dim=128),
-    "small": HeadConfig(dim=128, depth=2, heads=4, dim_head=32, mlp_dim=256, spatial_query=True),
+    "small": HeadConfig(
+        dim=128, depth=2, heads=4, dim_head=32, mlp_dim=256, spatial_query=True, grid_keypoints=C.NUM_KEYPOINTS
+    ),
     "B": HeadConfig(),
     "H": HeadConfig(),
 }
@@ -112,12 +114,29 @@ class NetworkConfig:
         if self.pose_target not in POSE_TARGETS:
             raise ValueError(f"pose_target must be one of {POSE_TARGETS}, got {self.pose_target!r}")
 
+    def to_dict(self) -> dict:
+        """Plain containers (what a checkpoint stores, so it rebuilds its network whatever the named sizes become)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> NetworkConfig:
+        backbone = {**values["backbone"], "image_size": tuple(values["backbone"]["image_size"])}
+        return cls(ViTConfig(**backbone), HeadConfig(**values["head"]), values["pose_target"])
+
 
 def network_config(size: str, pose_target: str = "88d") -> NetworkConfig:
     """The named sizes: "tiny" (CPU tests), "small" (CPU training), "B" and "H" (the paper's)."""
     if size not in VIT_CONFIGS:
         raise ValueError(f"unknown network size {size!r}; known: {sorted(VIT_CONFIGS)}")
     return NetworkConfig(VIT_CONFIGS[size], HEAD_CONFIGS[size], pose_target)
+
+
+def checkpoint_network(state: dict) -> NetworkConfig:
+    """The network of a training checkpoint (hsmr_data.training): as the checkpoint stored it, or, for
+    one written before checkpoints stored it, its named size as defined now."""
+    if "network" in state:
+        return NetworkConfig.from_dict(state["network"])
+    return network_config(state["config"]["size"], state["config"]["pose_target"])
 
 
 # ------------------------------------------------------------------------------ pure functions

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -113,13 +113,16 @@ def test_grid_keypoints_add_their_own_loss_term(skel, regressor):
     net = HSMRNetwork(replace(config, head=replace(config.head, grid_keypoints=44)))
     out = net(torch.rand(2, 3, 256, 256))
     assert out.grid_keypoints_2d.shape == (2, 44, 2) and out.grid_keypoints_2d.abs().max() <= 0.5
+    at_point_two = torch.cat([torch.full((2, 44, 2), 0.2), torch.ones(2, 44, 1)], -1)
     targets = LossTargets(
         q=out.q.detach(), betas=out.betas.detach(), has_pose=torch.ones(2), has_betas=torch.ones(2),
-        keypoints_3d=torch.zeros(2, 44, 4), keypoints_2d=torch.cat([torch.full((2, 44, 2), 0.2), torch.ones(2, 44, 1)], -1),
+        keypoints_3d=torch.zeros(2, 44, 4), keypoints_2d=at_point_two,
     )  # fmt: skip
     kp3d, kp2d = predicted_keypoints(skel, regressor, out.q, out.betas, out.cam_t)
     without, parts = hsmr_loss(out.bone_rotations, out.betas, kp3d, kp2d, targets, LossWeights(grid_kp2d=1.0))
-    total, parts = hsmr_loss(out.bone_rotations, out.betas, kp3d, kp2d, targets, LossWeights(grid_kp2d=1.0), out.grid_keypoints_2d)
+    total, parts = hsmr_loss(
+        out.bone_rotations, out.betas, kp3d, kp2d, targets, LossWeights(grid_kp2d=1.0), out.grid_keypoints_2d
+    )
     expected = (out.grid_keypoints_2d - 0.2).abs().sum()
     assert torch.isclose(parts["grid_kp2d"], expected) and torch.isclose(total - without, expected)
     total.backward()

@@ -65,6 +65,18 @@ def test_predicts_held_out_tars_with_the_training_columns(run, tmp_path):
     assert "constant mean pose" in markdown and "Table 3" not in markdown and "No label table" in markdown
 
 
+def test_a_checkpoint_rebuilds_its_own_network_after_the_named_sizes_change(run, monkeypatch):
+    """The checkpoint stores its network; redefining "tiny" later must not break loading it."""
+    from dataclasses import replace
+
+    from hsmr_model import network as N
+
+    original = P.Predictor(P.PredictConfig(str(run["run"]), run["models"], device="cpu")).model.config
+    monkeypatch.setitem(N.VIT_CONFIGS, "tiny", replace(N.VIT_CONFIGS["tiny"], depth=3, stem_depth=2))
+    reloaded = P.Predictor(P.PredictConfig(str(run["run"]), run["models"], device="cpu")).model.config
+    assert reloaded == original and reloaded.backbone.depth == 2
+
+
 def test_constant_pose_averages_the_pelvis_as_a_rotation():
     q = np.zeros((2, 46))
     q[:, 0] = [np.pi - 0.1, -np.pi + 0.1]  # both near a half turn, on either side of the wrap

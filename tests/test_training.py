@@ -21,7 +21,6 @@ from PIL import Image
 
 from hsmr_data import export
 from hsmr_data import label_table as lt
-from hsmr_data.npz_codec import npz_arrays
 from hsmr_data.synthetic.world import SynthConfig, generate_dataset
 from hsmr_data.train_data import (
     AugmentConfig,
