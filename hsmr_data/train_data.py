@@ -3,11 +3,13 @@
 Which samples make batch `step` is a pure function of (seed, step): a run resumed from a checkpoint
 at step k draws exactly the batches an uninterrupted run draws from k on, with no loader state to
 save. Samples are read by offset from the tars (each shard is scanned once for its members'
-offsets), so the loader needs no copy of the data and no cache keyed by URL.
+offsets), so the loader needs no copy of the data and no cache keyed by URL; a dataset small enough
+may keep its decoded samples in memory (`cache_size`), which changes no batch.
 
 Augmentation follows HSMR's configuration (each part switchable): horizontal flip with the mirrored
 labels the export wrote, scale, in-plane rotation (which turns the global orientation and the 3D
-keypoints about the camera axis too), a small translation, and colour gains.
+keypoints about the camera axis too), a small translation, and colour gains. Each sample draws its
+own; the images of a batch are then warped together in one bilinear resampling.
 """
 
 from __future__ import annotations
