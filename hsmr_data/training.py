@@ -30,7 +30,7 @@ from hsmr_data import distributed, layout
 from hsmr_data.train_data import AugmentConfig, MixedSampler, ShardDataset, TrainingBatches, unaugment_q
 from hsmr_model.body_models import SKEL_SEX, BodyModels
 from hsmr_model.devices import resolve_device
-from hsmr_model.losses import LossTargets, LossWeights, hsmr_loss, predicted_keypoints
+from hsmr_model.losses import GridKeypoints, LossTargets, LossWeights, hsmr_loss, predicted_keypoints
 from hsmr_model.model_files import BodyModelPaths
 from hsmr_model.network import HSMRNetwork, load_vitpose_backbone, network_config
 
@@ -82,18 +82,22 @@ RECIPES: dict[str, dict] = {
     # From scratch on a CPU in minutes (the diagnosis is in the README, "Training recipes"): a ViT with
     # a convolutional stem at half resolution; a learning rate a network from scratch needs, warmed up
     # and annealed; the parameter losses weighted so the pose and shape are learned directly instead
-    # of only through the keypoint L1 (which, alone, shrinks β to hide an uninformed pose); milder
-    # rotations and zoom.
+    # of only through the keypoint L1 (which, alone, shrinks β to hide an uninformed pose); the 2D
+    # keypoints the network reads from its token grid (and lifts into its query) supervised densely, by a
+    # heatmap over the cells as well as by their L1, since finding the body parts is what a backbone
+    # from scratch learns slowest; milder rotations and zoom.
     "cpu": {
         "size": "small",
         "batch_size": 32,
         "cpu_threads": 1,
         "loader_workers": 1,  # the other core decodes and augments the next batch
         "decoded_cache": 5000,
-        "lr": 1e-3,
+        "lr": 2e-3,
         "warmup_steps": 100,
         "lr_schedule": "cosine",
-        "loss_weights": LossWeights(kp3d=0.005, kp2d=0.001, orientation=0.5, body_pose=0.5, betas=0.05, grid_kp2d=0.3),
+        "loss_weights": LossWeights(
+            kp3d=0.005, kp2d=0.001, orientation=0.5, body_pose=0.5, betas=0.05, grid_kp2d=0.3, grid_heatmap=0.01
+        ),
         "augment": AugmentConfig(scale=0.15, rotation_p=0.3, rotation_deg=15.0),
     },
 }
@@ -261,7 +265,9 @@ class Trainer:
         keypoints_3d, keypoints_2d = predicted_keypoints(
             self.skel, self.regressor, output_q, output_betas, output.cam_t.float()
         )
-        grid_keypoints = None if output.grid_keypoints_2d is None else output.grid_keypoints_2d.float()
+        grid = output.grid_keypoints
+        if grid is not None:
+            grid = GridKeypoints(grid.positions.float(), grid.log_probabilities.float(), grid.cell_centres.float())
         total, parts = hsmr_loss(
             output.bone_rotations.float(),
             output_betas,
@@ -269,7 +275,7 @@ class Trainer:
             keypoints_2d,
             targets,
             self.config.loss_weights,
-            grid_keypoints,
+            grid,
         )
         lr = learning_rate(self.config, self.step)
         for group in self.optimizer.param_groups:

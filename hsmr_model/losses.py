@@ -6,7 +6,10 @@ L = w_orient·L_orient + w_body·L_body + w_β·L_β + w_3D·L_kp3D + w_2D·L_kp
 - L_β: squared error of β, masked by has_betas;
 - L_kp3D: confidence-weighted L1 of the 44 keypoints, both sets centred on keypoint 39 (pelvis);
 - L_kp2D: confidence-weighted L1 of the projected keypoints in normalised crop units;
-- L_grid2D (optional): the same L1 for the keypoints the network reads from its token grid.
+- L_grid2D (optional): the same L1 for the keypoints the network reads from its token grid;
+- L_heatmap (optional): the confidence-weighted KL divergence from a Gaussian around each 2D keypoint,
+  spread over the grid's cells, to the network's distribution over those cells (dense supervision
+  that teaches a backbone from scratch where the body parts are faster than the L1 of an average).
 
 Each term is summed over its elements *and over the batch*, as in HMR2.0/HSMR: the weights of the
 public configuration are tuned for these sums. The per-sample functions return (B,) so a caller can
@@ -37,6 +40,16 @@ class LossWeights:
     body_pose: float = 0.001
     betas: float = 0.0005
     grid_kp2d: float = 0.0  # the 2D keypoints the network reads from its token grid, when it has them
+    grid_heatmap: float = 0.0  # their distributions over the grid's cells
+
+
+@dataclass
+class GridKeypoints:
+    """Keypoints a network reads from its token grid by a soft-argmax, with the distributions they come from."""
+
+    positions: torch.Tensor  # (B, K, 2) normalised crop coordinates
+    log_probabilities: torch.Tensor  # (B, K, N) over the cells
+    cell_centres: torch.Tensor  # (N, 2)
 
 
 @dataclass
@@ -85,6 +98,25 @@ def keypoint_2d_loss(predicted: torch.Tensor, target: torch.Tensor) -> torch.Ten
     return (target[..., 2:] * (predicted - target[..., :2]).abs()).sum((1, 2))
 
 
+HEATMAP_SIGMA = 1 / 16  # of the crop side: half a cell of the 8-row token grid
+
+
+def keypoint_heatmap_loss(
+    log_probabilities: torch.Tensor, cell_centres: torch.Tensor, target: torch.Tensor, sigma: float = HEATMAP_SIGMA
+) -> torch.Tensor:
+    """Confidence-weighted KL(Gaussian target ‖ predicted) over grid cells.
+
+    Args:
+        log_probabilities: (B, K, N); cell_centres: (N, 2); target: (B, K, 3) x, y, confidence.
+    Returns:
+        (B,).
+    """
+    squared = ((cell_centres - target[..., None, :2]) ** 2).sum(-1)  # (B, K, N)
+    log_target = torch.log_softmax(-squared / (2 * sigma**2), dim=-1)
+    divergence = (log_target.exp() * (log_target - log_probabilities)).sum(-1)  # (B, K)
+    return (target[..., 2] * divergence).sum(-1)
+
+
 def predicted_keypoints(
     skel: SKELLayer, regressor: VertexRegressor, q: torch.Tensor, betas: torch.Tensor, cam_t: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,16 +133,17 @@ def hsmr_loss(
     keypoints_2d: torch.Tensor,
     targets: LossTargets,
     weights: LossWeights | None = None,
-    grid_keypoints_2d: torch.Tensor | None = None,
+    grid: GridKeypoints | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The weighted training loss of a batch and its unweighted parts (each summed over the batch).
 
     Args:
         rotations: (B, 24, 3, 3) predicted per-bone rotations; betas: (B, 10);
         keypoints_3d: (B, K, 3) and keypoints_2d: (B, K, 2) from `predicted_keypoints`;
-        grid_keypoints_2d: (B, K, 2) the network read from its token grid, if it does.
+        grid: the keypoints the network read from its token grid, if it does.
     Returns:
-        total (), parts {"orientation", "body_pose", "betas", "kp3d", "kp2d"} and "grid_kp2d" when given.
+        total (), parts {"orientation", "body_pose", "betas", "kp3d", "kp2d"} and, with a grid, "grid_kp2d"
+        and "grid_heatmap".
     """
     weights = weights or LossWeights()
     orientation, body = rotation_losses(rotations, bone_rotations(targets.q.to(rotations.dtype)), targets.has_pose)
@@ -121,7 +154,10 @@ def hsmr_loss(
         "kp3d": keypoint_3d_loss(keypoints_3d, targets.keypoints_3d).sum(),
         "kp2d": keypoint_2d_loss(keypoints_2d, targets.keypoints_2d).sum(),
     }
-    if grid_keypoints_2d is not None:
-        parts["grid_kp2d"] = keypoint_2d_loss(grid_keypoints_2d, targets.keypoints_2d).sum()
+    if grid is not None:
+        parts["grid_kp2d"] = keypoint_2d_loss(grid.positions, targets.keypoints_2d).sum()
+        parts["grid_heatmap"] = keypoint_heatmap_loss(
+            grid.log_probabilities, grid.cell_centres, targets.keypoints_2d
+        ).sum()
     total = sum(getattr(weights, name) * value for name, value in parts.items())  # parts are named as the weights
     return total, parts

@@ -26,6 +26,7 @@ from torch import nn
 
 from hsmr_model import skel_constants as C
 from hsmr_model.camera import CROP_SIZE, FOCAL_PIXELS
+from hsmr_model.losses import GridKeypoints
 from hsmr_model.pose_repr import TARGET_SIZE, bone_rotations, q_to_target88, target88_to_bone_rotations, target88_to_q
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -82,6 +83,9 @@ class HeadConfig:
     # keypoint, then a soft-argmax over the cells): an auxiliary 2D loss on them tells a backbone trained
     # from scratch where each body part is, from every sample (keypoints-only ones too). 0: none.
     grid_keypoints: int = 0
+    # The query also gets an MLP of those keypoints (positions and peak probabilities): a pose lifted
+    # from 2D keypoints is learned from few people far faster than one read from image tokens alone.
+    lift_keypoints: bool = False
 
 
 VIT_CONFIGS: dict[str, ViTConfig] = {
@@ -97,7 +101,14 @@ VIT_CONFIGS: dict[str, ViTConfig] = {
 HEAD_CONFIGS: dict[str, HeadConfig] = {
     "tiny": HeadConfig(dim=64, depth=2, heads=2, dim_head=32, mlp_dim=128),
     "small": HeadConfig(
-        dim=128, depth=2, heads=4, dim_head=32, mlp_dim=256, spatial_query=True, grid_keypoints=C.NUM_KEYPOINTS
+        dim=128,
+        depth=2,
+        heads=4,
+        dim_head=32,
+        mlp_dim=256,
+        spatial_query=True,
+        grid_keypoints=C.NUM_KEYPOINTS,
+        lift_keypoints=True,
     ),
     "B": HeadConfig(),
     "H": HeadConfig(),
@@ -193,9 +204,11 @@ def grid_cell_centres(rows: int, cols: int, width: int = VIT_INPUT_WIDTH, crop_s
     return torch.stack(torch.meshgrid(x, y, indexing="xy"), dim=-1).reshape(-1, 2)
 
 
-def soft_argmax(logits: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
-    """Expected position under a softmax over cells: logits (B, K, N), cell centres (N, 2) → (B, K, 2)."""
-    return logits.softmax(dim=-1) @ centres
+def soft_argmax(logits: torch.Tensor, centres: torch.Tensor) -> GridKeypoints:
+    """Expected positions under a softmax over cells: logits (B, K, N), cell centres (N, 2) → positions
+    (B, K, 2) with their log-probabilities (B, K, N)."""
+    log_probabilities = logits.log_softmax(dim=-1)
+    return GridKeypoints(log_probabilities.exp() @ centres, log_probabilities, centres)
 
 
 def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
@@ -355,6 +368,13 @@ class HSMRHead(nn.Module):
         pose_size = TARGET_SIZE if pose_target == "88d" else C.NUM_DOFS
         self.query = nn.Parameter(torch.randn(1, 1, config.dim))
         self.grid_to_query = nn.Linear(tokens * context_dim, config.dim) if config.spatial_query else None
+        self.keypoints_to_query = None
+        if config.lift_keypoints:
+            if not config.grid_keypoints:
+                raise ValueError("lift_keypoints needs grid_keypoints")
+            self.keypoints_to_query = nn.Sequential(
+                nn.Linear(3 * config.grid_keypoints, config.mlp_dim), nn.GELU(), nn.Linear(config.mlp_dim, config.dim)
+            )
         self.blocks = nn.ModuleList(DecoderBlock(config.dim, context_dim, config) for _ in range(config.depth))
         self.norm = nn.LayerNorm(config.dim)
         self.dec_pose = nn.Linear(config.dim, pose_size)
@@ -368,11 +388,16 @@ class HSMRHead(nn.Module):
         self.register_buffer("mean_betas", torch.zeros(C.NUM_BETAS))
         self.register_buffer("mean_cam", torch.tensor(MEAN_CAMERA))
 
-    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Image tokens (B, N, D) → pose (B, 88 or 46), β (B, 10), camera (s, t_x, t_y) (B, 3)."""
+    def forward(
+        self, tokens: torch.Tensor, keypoints: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Image tokens (B, N, D) and, when the head lifts them, grid keypoints (B, K, 3) as x, y and peak
+        probability → pose (B, 88 or 46), β (B, 10), camera (s, t_x, t_y) (B, 3)."""
         x = self.query.expand(tokens.shape[0], -1, -1)
         if self.grid_to_query is not None:
             x = x + self.grid_to_query(tokens.flatten(1))[:, None]
+        if self.keypoints_to_query is not None:
+            x = x + self.keypoints_to_query(keypoints.flatten(1))[:, None]
         for block in self.blocks:
             x = block(x, tokens)
         x = self.norm(x)[:, 0]
@@ -387,7 +412,7 @@ class HSMROutput:
     betas: torch.Tensor  # (B, 10)
     cam: torch.Tensor  # (B, 3) weak perspective (s, t_x, t_y)
     cam_t: torch.Tensor  # (B, 3) crop-camera translation
-    grid_keypoints_2d: torch.Tensor | None = None  # (B, K, 2) from the token grid, when the head reads them
+    grid_keypoints: GridKeypoints | None = None  # read from the token grid, when the network does
 
 
 class HSMRNetwork(nn.Module):
@@ -406,12 +431,14 @@ class HSMRNetwork(nn.Module):
 
     def forward(self, images: torch.Tensor) -> HSMROutput:
         tokens = self.backbone(normalize_imagenet(crop_vit_input(images))).flatten(2).transpose(1, 2)
-        pose, betas, cam = self.head(tokens)
-        target88, q, rotations = decode_pose(pose, self.config.pose_target)
-        grid_keypoints = None
+        grid = lifted = None
         if self.keypoint_logits is not None:
-            grid_keypoints = soft_argmax(self.keypoint_logits(tokens).transpose(1, 2), self.cell_centres)
-        return HSMROutput(target88, q, rotations, betas, cam, weak_perspective_to_translation(cam), grid_keypoints)
+            grid = soft_argmax(self.keypoint_logits(tokens).transpose(1, 2), self.cell_centres)
+            peak = grid.log_probabilities.amax(dim=-1, keepdim=True).exp()
+            lifted = torch.cat([grid.positions, peak], dim=-1)
+        pose, betas, cam = self.head(tokens, lifted)
+        target88, q, rotations = decode_pose(pose, self.config.pose_target)
+        return HSMROutput(target88, q, rotations, betas, cam, weak_perspective_to_translation(cam), grid)
 
 
 def count_parameters(module: nn.Module) -> int:

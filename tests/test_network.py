@@ -20,6 +20,7 @@ from hsmr_model.losses import (
     hsmr_loss,
     keypoint_2d_loss,
     keypoint_3d_loss,
+    keypoint_heatmap_loss,
     predicted_keypoints,
     rotation_losses,
 )
@@ -74,8 +75,8 @@ def test_cpu_network_output_shapes_and_starting_point(size, pose_target, tokens)
     torch.manual_seed(0)
     net = HSMRNetwork(network_config(size, pose_target))
     out = net(torch.rand(2, 3, 256, 256))
-    shapes = {name: tuple(value.shape) for name, value in vars(out).items() if value is not None}
-    shapes.pop("grid_keypoints_2d", None)  # an auxiliary output of some sizes, tested on its own
+    # The grid keypoints are an auxiliary output of some sizes, tested on their own.
+    shapes = {name: tuple(value.shape) for name, value in vars(out).items() if isinstance(value, torch.Tensor)}
     assert shapes == {
         "target88": (2, 88),
         "q": (2, 46),
@@ -104,7 +105,7 @@ def test_grid_keypoints_sit_where_their_cells_are_in_the_crop():
     assert np.allclose(centres[cols + 2].numpy(), first_pixel_centre + np.array([2, 1]) * patch / 256)
     logits = torch.full((1, 2, rows * cols), -1e4)
     logits[0, 0, 17] = logits[0, 1, 40] = 0.0
-    assert torch.allclose(soft_argmax(logits, centres)[0], centres[[17, 40]])
+    assert torch.allclose(soft_argmax(logits, centres).positions[0], centres[[17, 40]])
 
 
 def test_grid_keypoints_add_their_own_loss_term(skel, regressor):
@@ -112,7 +113,7 @@ def test_grid_keypoints_add_their_own_loss_term(skel, regressor):
     config = network_config("small")
     net = HSMRNetwork(replace(config, head=replace(config.head, grid_keypoints=44)))
     out = net(torch.rand(2, 3, 256, 256))
-    assert out.grid_keypoints_2d.shape == (2, 44, 2) and out.grid_keypoints_2d.abs().max() <= 0.5
+    assert out.grid_keypoints.positions.shape == (2, 44, 2) and out.grid_keypoints.positions.abs().max() <= 0.5
     at_point_two = torch.cat([torch.full((2, 44, 2), 0.2), torch.ones(2, 44, 1)], -1)
     targets = LossTargets(
         q=out.q.detach(), betas=out.betas.detach(), has_pose=torch.ones(2), has_betas=torch.ones(2),
@@ -121,12 +122,49 @@ def test_grid_keypoints_add_their_own_loss_term(skel, regressor):
     kp3d, kp2d = predicted_keypoints(skel, regressor, out.q, out.betas, out.cam_t)
     without, parts = hsmr_loss(out.bone_rotations, out.betas, kp3d, kp2d, targets, LossWeights(grid_kp2d=1.0))
     total, parts = hsmr_loss(
-        out.bone_rotations, out.betas, kp3d, kp2d, targets, LossWeights(grid_kp2d=1.0), out.grid_keypoints_2d
+        out.bone_rotations, out.betas, kp3d, kp2d, targets, LossWeights(grid_kp2d=1.0), out.grid_keypoints
     )
-    expected = (out.grid_keypoints_2d - 0.2).abs().sum()
+    expected = (out.grid_keypoints.positions - 0.2).abs().sum()
     assert torch.isclose(parts["grid_kp2d"], expected) and torch.isclose(total - without, expected)
+    weights = LossWeights(grid_kp2d=1.0, grid_heatmap=0.5)
+    with_heatmap, _ = hsmr_loss(out.bone_rotations, out.betas, kp3d, kp2d, targets, weights, out.grid_keypoints)
+    assert parts["grid_heatmap"] > 0 and torch.isclose(with_heatmap - total, 0.5 * parts["grid_heatmap"])
     total.backward()
     assert net.keypoint_logits.weight.grad.abs().sum() > 0
+
+
+def test_lifted_grid_keypoints_reach_the_pose():
+    """The small head lifts its grid keypoints into the query: the pose depends on them (through the MLP
+    and back into the keypoint logits), and a head cannot lift keypoints it does not read."""
+    torch.manual_seed(0)
+    net = HSMRNetwork(network_config("small"))
+    assert net.config.head.lift_keypoints
+    out = net(torch.rand(2, 3, 256, 256))
+    (mlp_grad,) = torch.autograd.grad(out.target88.sum(), net.head.keypoints_to_query[0].weight, retain_graph=True)
+    assert mlp_grad.abs().sum() > 0
+    (logit_grad,) = torch.autograd.grad(out.target88.sum(), net.keypoint_logits.weight)
+    assert logit_grad.abs().sum() > 0  # the pose alone (no keypoint loss) moves where the keypoints are read
+    with pytest.raises(ValueError, match="lift_keypoints needs grid_keypoints"):
+        HSMRNetwork(replace(net.config, head=replace(net.config.head, grid_keypoints=0)))
+
+
+def test_heatmap_loss_is_zero_only_at_the_gaussian_around_each_keypoint():
+    """KL(target ‖ predicted): 0 for the Gaussian around the keypoint, positive for a peak on the wrong
+    cell, unweighted where the confidence is 0; its gradient moves mass to the keypoint's cell."""
+    centres = grid_cell_centres(8, 6)
+    target = torch.tensor([[[0.1, -0.2, 1.0], [0.0, 0.3, 0.0]]])  # the second keypoint is unseen
+    squared = ((centres - target[..., None, :2]) ** 2).sum(-1)
+    gaussian = torch.log_softmax(-squared / (2 * (1 / 16) ** 2), dim=-1)
+    assert keypoint_heatmap_loss(gaussian, centres, target).abs().item() < 1e-6
+    logits = torch.zeros(1, 2, 48)
+    logits[0, 0, 0] = 5.0  # far from (0.1, −0.2)
+    logits.requires_grad_(True)
+    wrong = keypoint_heatmap_loss(logits.log_softmax(-1), centres, target)
+    assert wrong.item() > 1.0
+    wrong.sum().backward()
+    nearest = squared[0, 0].argmin()
+    assert logits.grad[0, 0].argmin() == nearest and logits.grad[0, 0, 0] > 0
+    assert torch.all(logits.grad[0, 1] == 0)
 
 
 def test_paper_sizes_have_the_paper_parameter_counts():
