@@ -83,8 +83,8 @@ class HeadConfig:
     # keypoint, then a soft-argmax over the cells): an auxiliary 2D loss on them tells a backbone trained
     # from scratch where each body part is, from every sample (keypoints-only ones too). 0: none.
     grid_keypoints: int = 0
-    # The query also gets an MLP of those keypoints (positions and peak probabilities): a pose lifted
-    # from 2D keypoints is learned from few people far faster than one read from image tokens alone.
+    # The query also gets an MLP of those keypoints (positions and peak probabilities), so the head
+    # can lift a pose from where the body parts are (measured: it helped only with the heatmap loss).
     lift_keypoints: bool = False
 
 
