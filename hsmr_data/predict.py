@@ -38,9 +38,10 @@ from hsmr_data.render import project, rasterize, shade
 from hsmr_model import skel_constants as C
 from hsmr_model.body_models import SKEL_SEX, BodyModels
 from hsmr_model.devices import resolve_device
+from hsmr_model.flip import average_with_mirror
 from hsmr_model.losses import predicted_keypoints
 from hsmr_model.model_files import BodyModelPaths
-from hsmr_model.network import HSMRNetwork, checkpoint_network
+from hsmr_model.network import HSMRNetwork, checkpoint_network, weak_perspective_to_translation
 
 CHECKPOINT = "checkpoint.pt"  # the name the Trainer writes in its run folder
 TIGHT_BOX_MARGIN = 1.2  # crop side / longer side of a tight box: how the training crops frame people
@@ -61,6 +62,10 @@ class PredictConfig:
     boxes: str | None = field(default=None, metadata={"help": 'boxes.json: {"IMAGE": [{"box": [x0, y0, x1, y1]}]}'})
     out: str = field(default=layout.DEFAULT.predictions, metadata={"help": "the Parquet table to write"})
     overlays: str | None = field(default=None, metadata={"help": "with --images: a folder for overlay PNGs"})
+    flip_average: bool = field(
+        default=False,
+        metadata={"help": "also run each mirrored crop and average the two answers (test-time flip; twice the time)"},
+    )
 
 
 @dataclass
@@ -104,9 +109,10 @@ class Predictor:
     def run(self, crops: list[Crop]) -> list[dict]:
         """One batch of crops → one prediction row each (the training predictions' columns)."""
         images = torch.as_tensor(np.stack([c.pixels for c in crops])).permute(0, 3, 1, 2).float() / 255.0
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            output = self.model(images.to(self.device))
-        q, betas, cam_t = output.q.float(), output.betas.float(), output.cam_t.float()
+        q, betas, cam = self._answer(images.to(self.device))
+        if self.config.flip_average:
+            q, betas, cam = average_with_mirror(q, betas, cam, *self._answer(images.flip(-1).to(self.device)))
+        cam_t = weak_perspective_to_translation(cam)
         _, keypoints_2d = predicted_keypoints(self.skel, self.regressor, q, betas, cam_t)
         q, betas, cam_t, keypoints_2d = (t.double().cpu().numpy() for t in (q, betas, cam_t, keypoints_2d))
         return [
@@ -121,6 +127,11 @@ class Predictor:
             }
             for i, crop in enumerate(crops)
         ]
+
+    def _answer(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            output = self.model(images)
+        return output.q.float(), output.betas.float(), output.cam.float()
 
     def run_all(self, crops: Iterable[Crop], on_batch: Callable[[int], None] | None = None) -> Iterator[dict]:
         """Rows of every crop, batch by batch; `on_batch(n)` after each batch of n (a progress bar)."""

@@ -24,8 +24,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from hsmr_model import skel_constants as C
+from hsmr_model.pose_repr import q_to_target88, target88_to_q
 
 BONE_MIRROR = np.diag([1.0, 1.0, -1.0])  # the image flip in an OpenSim bone frame (Z: the subject's right)
 _ALIGNED = 1.0 - 1e-6  # |cos| between an axis and its twin's mirror above which the mirror is exact
@@ -67,10 +69,29 @@ MIRROR = dof_mirror()
 KEYPOINT_PARTNER: np.ndarray = _twins(C.KEYPOINT_NAMES, ("right", "left"))  # (44,) the mirrored keypoint order
 
 
-def flip_q(q: np.ndarray) -> np.ndarray:
-    """SKEL pose (..., 46) of the mirrored body."""
+def flip_q(q: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+    """SKEL pose (..., 46) of the mirrored body (a tensor stays a tensor)."""
+    if isinstance(q, torch.Tensor):
+        return q[..., MIRROR.partner] * q.new_tensor(MIRROR.sign)
     q = np.asarray(q)
     return q[..., MIRROR.partner] * MIRROR.sign.astype(q.dtype)
+
+
+def average_with_mirror(
+    q: torch.Tensor,
+    betas: torch.Tensor,
+    cam: torch.Tensor,
+    mirrored_q: torch.Tensor,
+    mirrored_betas: torch.Tensor,
+    mirrored_cam: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Test-time flip: a network's answer on a crop (q (B, 46), β (B, 10), weak-perspective camera (s, t_x,
+    t_y) (B, 3)) averaged with its answer on the mirrored crop, mirrored back. The poses are averaged
+    in the continuous 88-D target (6D rotations re-orthonormalised when decoded), not in Euler angles,
+    which wrap; the mirrored camera's t_x changes sign."""
+    target = (q_to_target88(q) + q_to_target88(flip_q(mirrored_q))) / 2
+    unmirrored_cam = mirrored_cam * cam.new_tensor([1.0, -1.0, 1.0])
+    return target88_to_q(target), (betas + mirrored_betas) / 2, (cam + unmirrored_cam) / 2
 
 
 def flip_trans(trans: np.ndarray) -> np.ndarray:

@@ -21,6 +21,7 @@ from hsmr_data.quarantine import Quarantine
 from hsmr_data.synthetic.world import SynthConfig, generate_dataset
 from hsmr_data.training import CHECKPOINT, TrainConfig, Trainer
 from hsmr_data.truth_report import truth_label_rows
+from hsmr_model.flip import flip_q, flip_trans
 
 
 def truth_labels(dataset_dir: Path, uri: str) -> None:
@@ -63,6 +64,21 @@ def test_predicts_held_out_tars_with_the_training_columns(run, tmp_path):
     assert sum(report["samples"].values()) == 3
     markdown = E.to_markdown(report)
     assert "constant mean pose" in markdown and "Table 3" not in markdown and "No label table" in markdown
+
+
+def test_flip_average_answers_a_mirrored_crop_with_the_mirrored_body(run):
+    """Averaging with the mirrored crop makes the answer mirror-equivariant: the averaged answer on the
+    mirrored crop is the averaged answer on the crop, mirrored (a plain network is not)."""
+    predictor = P.Predictor(P.PredictConfig(str(run["run"]), run["models"], device="cpu", flip_average=True))
+    plain = P.Predictor(P.PredictConfig(str(run["run"]), run["models"], device="cpu"))
+    sample = next(iter(read_shards(sorted((run["test"] / "shards").glob("*.tar")), "synth", Quarantine())))
+    crop = P.sample_crop(sample)
+    mirrored = P.Crop(crop.sample_id, crop.dataset, crop.pixels[:, ::-1].copy(), crop.center, crop.side)
+    one, other = predictor.run([crop])[0], predictor.run([mirrored])[0]
+    assert np.allclose(flip_q(np.array(other["q"])), one["q"], atol=1e-4)
+    assert np.allclose(flip_trans(np.array(other["cam_t"])), one["cam_t"], atol=1e-4)
+    assert np.allclose(other["betas"], one["betas"], atol=1e-5)
+    assert not np.allclose(flip_q(np.array(plain.run([mirrored])[0]["q"])), plain.run([crop])[0]["q"], atol=1e-4)
 
 
 def test_a_checkpoint_rebuilds_its_own_network_after_the_named_sizes_change(run, monkeypatch):
