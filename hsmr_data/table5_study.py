@@ -114,10 +114,10 @@ def run_table5(config: Table5Config, log=print) -> Table5Result:
             report = evaluate(EvalConfig(test_dir, None, config.models_root, predicted.predictions))
             if result is None:
                 constant = report["sources"]["constant"]["splits"]
-                result = Table5Result(asdict(config), world_seconds, predicted.count, _scores(constant))
+                result = Table5Result(asdict(config), world_seconds, predicted.count, split_scores(constant))
             rounds = [r for r in trained.get("refinement_rounds", []) if r["status"] == "committed"]
             replaced = [json.loads(Path(r["stats"]).read_text())["all"]["replaced"] for r in rounds]
-            scores = _scores(report["sources"]["network"]["splits"])
+            scores = split_scores(report["sources"]["network"]["splits"])
             result.runs.append(
                 {
                     "pose_target": pose_target,
@@ -135,7 +135,7 @@ def run_table5(config: Table5Config, log=print) -> Table5Result:
     return result
 
 
-def _scores(splits: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def split_scores(splits: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The METRICS of each split and of all test people (the splits' means weighted by their sizes)."""
     out = {name: {"samples": s["samples"], **{m: s[m] for m in METRICS}} for name, s in splits.items() if s["samples"]}
     total = sum(s["samples"] for s in out.values())

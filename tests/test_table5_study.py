@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hsmr_data.table5_study import METRICS, _scores
+from hsmr_data.table5_study import METRICS, split_scores
 from hsmr_data.training import make_config
 from hsmr_model.losses import rotation_losses
 from hsmr_model.network import decode_pose, mean_pose, network_config
@@ -52,7 +52,7 @@ def test_the_study_trains_with_the_pose_target_it_asks_for(tmp_path):
 def test_scores_of_all_test_people_weight_each_split_by_its_size():
     normal = {"samples": 3, **{m: 10.0 for m in METRICS}}
     hard = {"samples": 1, **{m: 50.0 for m in METRICS}}
-    scores = _scores({"normal": normal, "hard": hard, "empty": {"samples": 0}})
+    scores = split_scores({"normal": normal, "hard": hard, "empty": {"samples": 0}})
     assert set(scores) == {"normal", "hard", "all"}
     assert scores["all"]["samples"] == 4
     assert scores["all"]["pa_mpjpe_mm"] == pytest.approx(20.0)
