@@ -35,7 +35,7 @@ from hsmr_data.hmr2_format import read_shards
 from hsmr_data.predict import PredictConfig, Predictor, predictions_table, sample_crop, write_table
 from hsmr_data.quarantine import Quarantine
 from hsmr_data.table5_study import split_scores
-from hsmr_data.train_data import ShardDataset
+from hsmr_data.train_data import DecodedSample, ShardDataset
 from hsmr_model import skel_constants as C
 from hsmr_model.camera import CROP_SIZE
 from hsmr_model.losses import betas_loss, rotation_losses
@@ -66,7 +66,7 @@ class LiftingStudyResult:
     config: dict[str, Any]
     heldout_people: int
     lifter_seconds: float
-    grid_keypoints: dict[str, Any]  # the network's grid keypoints vs the detections
+    grid_keypoints: dict[str, Any]  # the network's grid keypoints vs the detections (held-out, training_people)
     scores: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # source → split → metrics
 
     def to_json(self) -> dict[str, Any]:
@@ -138,13 +138,11 @@ class KeypointLifter(nn.Module):
         return self.mean_pose + out[:, :TARGET_SIZE], out[:, TARGET_SIZE:]
 
 
-def labelled_training_set(index: str) -> dict[str, torch.Tensor]:
-    """The export's people with a pose label, each also mirrored: keypoints_2d (N, K, 3), q (N, 46), betas (N, 10)."""
-    dataset = ShardDataset.from_index(index)
-    rows = [dataset.decoded(i).arrays for i in range(len(dataset))]
-    rows = [a for a in rows if float(a["has_pose"]) > 0]
+def labelled_training_set(samples: list[DecodedSample]) -> dict[str, torch.Tensor]:
+    """The exported people with a pose label, each also mirrored: keypoints_2d (N, K, 3), q (N, 46), betas (N, 10)."""
+    rows = [s.arrays for s in samples if float(s.arrays["has_pose"]) > 0]
     if not rows:
-        raise ValueError(f"{index}: no sample has a pose label to train a lifter on")
+        raise ValueError("no exported sample has a pose label to train a lifter on")
 
     def stacked(name: str) -> torch.Tensor:
         return torch.as_tensor(np.stack([a[name] for a in rows]), dtype=torch.float32)
@@ -201,19 +199,16 @@ def lifted_rows(lifter: KeypointLifter, sample_ids: list[str], dataset: str, key
 
 # ----------------------------------------------------------------------------------------- study
 @torch.no_grad()
-def network_on_heldout(predictor: Predictor, crops: list) -> tuple[list[dict], np.ndarray]:
-    """The network's prediction rows and its grid keypoints (N, K, 2) on un-augmented crops."""
-    rows, grids = [], []
-    size = predictor.config.batch_size
-    for start in range(0, len(crops), size):
-        batch = crops[start : start + size]
-        rows += predictor.run(batch)
-        images = torch.as_tensor(np.stack([c.pixels for c in batch])).permute(0, 3, 1, 2).float() / 255.0
+def grid_positions(predictor: Predictor, crops: torch.Tensor) -> np.ndarray:
+    """256² crops (N, 3, H, W) uint8 → the keypoints the network reads from its token grid (N, K, 2)."""
+    positions = []
+    for start in range(0, len(crops), predictor.config.batch_size):
+        images = crops[start : start + predictor.config.batch_size].float() / 255.0
         grid = predictor.model(images.to(predictor.device)).grid_keypoints
         if grid is None:
             raise ValueError(f"{predictor.config.checkpoint}: this network reads no keypoints from its token grid")
-        grids.append(grid.positions.float().cpu().numpy())
-    return rows, np.concatenate(grids)
+        positions.append(grid.positions.float().cpu().numpy())
+    return np.concatenate(positions)
 
 
 def run_lifting_study(config: LiftingStudyConfig, log=print) -> LiftingStudyResult:
@@ -223,12 +218,21 @@ def run_lifting_study(config: LiftingStudyConfig, log=print) -> LiftingStudyResu
     ids = [s.sample_id for s in samples]
     detected = np.stack([normalised_keypoints(s.keypoints_2d, s.center, crop_side(s.scale)) for s in samples])
     predictor = Predictor(PredictConfig(config.checkpoint, config.models_root, device="cpu"))
-    network_rows, grid = network_on_heldout(predictor, [sample_crop(s) for s in samples])
+    crops = [sample_crop(s) for s in samples]
+    network_rows = list(predictor.run_all(crops))
+    grid = grid_positions(predictor, torch.as_tensor(np.stack([c.pixels for c in crops])).permute(0, 3, 1, 2))
     errors = keypoint_errors(grid, detected)
     log(f"grid keypoints vs detected: {errors['mean_px']:.1f} px mean, {errors['median_px']:.1f} px median")
+    # The same on the training people (the export's un-augmented crops): a network that misses by as much
+    # there underfits; one that misses far less there overfits.
+    exported = ShardDataset.from_index(config.train_index)
+    training = [exported.decoded(i) for i in range(len(exported))]
+    training_grid = grid_positions(predictor, torch.stack([s.image for s in training]))
+    training_errors = keypoint_errors(training_grid, np.stack([s.arrays["keypoints_2d"] for s in training]))
+    errors["training_people"] = {k: training_errors[k] for k in ("mean_px", "median_px")}
 
     started = time.perf_counter()
-    lifter = train_lifter(labelled_training_set(config.train_index), config)
+    lifter = train_lifter(labelled_training_set(training), config)
     lifter_seconds = time.perf_counter() - started
     detected_t = torch.as_tensor(detected, dtype=torch.float32)
     # The mean length of 2D isotropic Gaussian noise is σ·√(π/2): σ matched to the network's mean error.
@@ -258,7 +262,9 @@ def to_markdown(result: LiftingStudyResult) -> str:
     errors = result.grid_keypoints
     lines = [
         f"{result.heldout_people} held-out people. The network's grid keypoints are "
-        f"{errors['mean_px']:.1f} px (median {errors['median_px']:.1f}) from the detections in the 256-px crop.",
+        f"{errors['mean_px']:.1f} px (median {errors['median_px']:.1f}) from the detections in the 256-px crop; "
+        f"on the training people {errors['training_people']['mean_px']:.1f} px "
+        f"(median {errors['training_people']['median_px']:.1f}).",
         "",
         "| source | PA-MPJPE all | normal | hard |",
         "|---|---|---|---|",
