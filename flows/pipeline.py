@@ -9,7 +9,7 @@ finished shards and training continues from its checkpoint; so a rerun after a c
 what is missing.
 
     make demo                       # = python -m flows.pipeline
-    python -m flows.pipeline --root storage --count 256 --train-steps 120
+    python -m flows.pipeline --root storage --count 256 --train-steps 300
     prefect deployment run pipeline/local -p config='{"count": 64}'
 """
 
@@ -18,7 +18,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow, get_run_logger
 
@@ -80,15 +80,17 @@ def ensure_dataset(dataset_dir: str, models_root: str, count: int, seed: int) ->
 
 @dataclass(frozen=True)
 class PipelineOptions:
-    """The demo's settings: the synthetic world under `root`, a tiny network, refinement inside training."""
+    """The demo's settings: the synthetic world under `root`, the cpu recipe's network for a few minutes,
+    refinement inside training."""
 
     root: str = field(default=STORAGE.root, metadata={"help": "data root (hsmr_data.layout)"})
     count: int = field(default=256, metadata={"help": "people in the synthetic dataset"})
     seed: int = 0
-    train_steps: int = field(default=120, metadata={"help": "a tiny network on the CPU: ~1-3 s a step"})
-    batch_size: int = 8
-    refine_warmup: int = 60
-    refine_every: int = field(default=40, metadata={"help": "SKELify inside training every N steps (0: off)"})
+    recipe: Literal["paper", "cpu"] | None = field(default="cpu", metadata={"help": "hsmr train's --recipe"})
+    train_steps: int = field(default=300, metadata={"help": "the cpu recipe on 2 CPU cores: ~0.4 s a step"})
+    batch_size: int | None = field(default=None, metadata={"help": "default: the recipe's"})
+    refine_warmup: int = 100
+    refine_every: int = field(default=100, metadata={"help": "SKELify inside training every N steps (0: off)"})
     refine_latest: int = 256
     device: str = "auto"
 
@@ -119,6 +121,7 @@ def pipeline(config: PipelineOptions = DEMO) -> dict[str, Any]:
             indexes=(exported["index"],),
             out_dir=paths["run"],
             models_root=paths["models"],
+            recipe=config.recipe,
             steps=train_steps,
             batch_size=batch_size,
             device=device,

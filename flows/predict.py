@@ -4,7 +4,7 @@ Thin wiring around `hsmr_data.predict.run` (the front door `hsmr predict` calls 
 (rerunning rewrites the same table), whose progress helper shows the people as a progress artifact, and
 a markdown artifact saying what was written. The flow's parameter is `hsmr_data.predict.PredictConfig`:
 
-    python -m flows.predict --checkpoint storage/runs/hsmr-tiny --dataset synth=storage/datasets/synth/test
+    python -m flows.predict --checkpoint storage/runs/hsmr-demo --dataset synth=storage/datasets/synth/test
     python -m flows.predict --checkpoint RUN --images DIR --boxes boxes.json --out predictions.parquet
 """
 

@@ -5,7 +5,7 @@ retried task (retrying is safe: the commit is one idempotent Delta transaction, 
 committed these predictions is recognised and skipped), then a table and a markdown artifact of the
 round's statistics. The flow's one parameter is `hsmr_data.refine.RefineOptions`:
 
-    python -m flows.refine      # the demo's paths: storage/runs/hsmr-tiny/predictions.parquet, storage/labels/synth
+    python -m flows.refine      # the demo's paths: storage/runs/hsmr-demo/predictions.parquet, storage/labels/synth
     python -m flows.refine --predictions RUN/predictions.parquet --table URI --dataset-dir DIR
     prefect deployment run refine-round/local -p config='{"predictions": "RUN/predictions.parquet"}'
 """

@@ -26,7 +26,7 @@ from hsmr_data.options import add_options, options_from_args
 from hsmr_data.train_run import TrainOptions
 
 FLOW_NAME = "train-hsmr"
-DEMO = TrainOptions()  # the latest export under storage/shards, a tiny network into storage/runs/hsmr-tiny
+DEMO = TrainOptions()  # the latest export under storage/shards, a tiny network into storage/runs/hsmr-demo
 
 
 @flow(name=FLOW_NAME, persist_result=False)

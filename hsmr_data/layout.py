@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEMO_DATASET = "synth"  # the synthetic world's dataset, the demo's default everywhere
-DEMO_RUN = "hsmr-tiny"  # the demo's training run
+DEMO_RUN = "hsmr-demo"  # the demo's training run
 
 
 @dataclass(frozen=True)

@@ -7,13 +7,25 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from flows.pipeline import pipeline_paths
 from hsmr_data import label_table
 
 
+@pytest.fixture
+def torch_threads_restored():
+    """The demo's cpu recipe sets the process to one torch thread (a training run owns its process); the
+    tests after this one keep their own count."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.slow
-def test_pipeline_runs_every_step_and_a_rerun_redoes_nothing(prefect_api, model_paths, tmp_path):
+def test_pipeline_runs_every_step_and_a_rerun_redoes_nothing(
+    prefect_api, model_paths, tmp_path, torch_threads_restored
+):
     from flows.pipeline import PipelineOptions, pipeline
 
     root = tmp_path / "storage"
