@@ -25,9 +25,12 @@ def main() -> None:
     parser.add_argument("--models", default=STORAGE.models)
     parser.add_argument("--dataset", default=LiftingStudyConfig.dataset)
     parser.add_argument("--steps", type=int, default=LiftingStudyConfig.steps, help="lifter training steps")
+    parser.add_argument("--device", default=LiftingStudyConfig.device, help='the network\'s: "auto", "cpu", "cuda"')
     parser.add_argument("--out", default=STORAGE.bench_file("study_lifting.json"))
     args = parser.parse_args()
-    config = LiftingStudyConfig(args.checkpoint, args.train_index, args.heldout, args.models, args.dataset, args.steps)
+    config = LiftingStudyConfig(
+        args.checkpoint, args.train_index, args.heldout, args.models, args.dataset, args.steps, device=args.device
+    )
     result = run_lifting_study(config)
     write_study(args.out, result.to_json(), to_markdown(result))
 

@@ -59,6 +59,7 @@ class LiftingStudyConfig:
     dropout: float = 0.1  # after each hidden layer: ~500 labelled people overfit a lifter without it
     max_noise: float = 0.08  # the noise σ on the lifter's inputs is drawn per sample in [0, max_noise) crop widths
     seed: int = 0
+    device: str = "auto"  # where the network runs (the lifter is small and trains on the CPU)
 
 
 @dataclass
@@ -217,7 +218,7 @@ def run_lifting_study(config: LiftingStudyConfig, log=print) -> LiftingStudyResu
     samples = list(read_shards(sorted((heldout / "shards").glob("*.tar")), config.dataset, quarantine))
     ids = [s.sample_id for s in samples]
     detected = np.stack([normalised_keypoints(s.keypoints_2d, s.center, crop_side(s.scale)) for s in samples])
-    predictor = Predictor(PredictConfig(config.checkpoint, config.models_root, device="cpu"))
+    predictor = Predictor(PredictConfig(config.checkpoint, config.models_root, device=config.device))
     crops = [sample_crop(s) for s in samples]
     network_rows = list(predictor.run_all(crops))
     grid = grid_positions(predictor, torch.as_tensor(np.stack([c.pixels for c in crops])).permute(0, 3, 1, 2))
