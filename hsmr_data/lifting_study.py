@@ -68,6 +68,7 @@ class LiftingStudyResult:
     heldout_people: int
     lifter_seconds: float
     grid_keypoints: dict[str, Any]  # the network's grid keypoints vs the detections (held-out, training_people)
+    quarantine: dict[str, Any]  # held-out samples left out, each with its reason (`Quarantine.report`)
     scores: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # source → split → metrics
 
     def to_json(self) -> dict[str, Any]:
@@ -216,6 +217,10 @@ def run_lifting_study(config: LiftingStudyConfig, log=print) -> LiftingStudyResu
     heldout = Path(config.heldout_dir)
     quarantine = Quarantine()
     samples = list(read_shards(sorted((heldout / "shards").glob("*.tar")), config.dataset, quarantine))
+    if len(quarantine):
+        log(f"{len(quarantine)} held-out samples quarantined: {[e.reason for e in quarantine.entries]}")
+    if not samples:
+        raise ValueError(f"{heldout / 'shards'}: no readable held-out sample of dataset {config.dataset!r}")
     ids = [s.sample_id for s in samples]
     detected = np.stack([normalised_keypoints(s.keypoints_2d, s.center, crop_side(s.scale)) for s in samples])
     predictor = Predictor(PredictConfig(config.checkpoint, config.models_root, device=config.device))
@@ -242,7 +247,7 @@ def run_lifting_study(config: LiftingStudyConfig, log=print) -> LiftingStudyResu
     on_grid = torch.cat([torch.as_tensor(grid, dtype=torch.float32), detected_t[..., 2:]], dim=-1)
     inputs = {"detected": detected_t, "detected_plus_noise": noisy, "network_grid": on_grid}
 
-    result = LiftingStudyResult(asdict(config), len(ids), lifter_seconds, errors)
+    result = LiftingStudyResult(asdict(config), len(ids), lifter_seconds, errors, quarantine.report())
     with tempfile.TemporaryDirectory() as scratch:
         tables = {"network": write_table(predictions_table(network_rows), Path(scratch) / "network.parquet")}
         for name, keypoints in inputs.items():
@@ -265,7 +270,8 @@ def to_markdown(result: LiftingStudyResult) -> str:
         f"{result.heldout_people} held-out people. The network's grid keypoints are "
         f"{errors['mean_px']:.1f} px (median {errors['median_px']:.1f}) from the detections in the 256-px crop; "
         f"on the training people {errors['training_people']['mean_px']:.1f} px "
-        f"(median {errors['training_people']['median_px']:.1f}).",
+        f"(median {errors['training_people']['median_px']:.1f}). Held-out samples quarantined: "
+        f"{result.quarantine['quarantined']}.",
         "",
         "| source | PA-MPJPE all | normal | hard |",
         "|---|---|---|---|",

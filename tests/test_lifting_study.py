@@ -5,10 +5,12 @@ poses from keypoints, and the study runs end to end on a trained network's held-
 from __future__ import annotations
 
 import math
+import shutil
 
 import numpy as np
 import pytest
 import torch
+import webdataset as wds
 
 from hsmr_data import export
 from hsmr_data import lifting_study as L
@@ -85,9 +87,16 @@ def test_the_lifter_learns_the_labels_from_their_keypoints(trained):
     assert learned < 0.3 * constant, f"lifter {learned:.3f} vs mean pose {constant:.3f}"
 
 
-def test_the_study_scores_every_source_on_the_held_out_people(trained):
-    config = L.LiftingStudyConfig(trained["run"], trained["index"], trained["test"], trained["models"], steps=20)
+def test_the_study_scores_every_source_on_the_held_out_people(trained, tmp_path):
+    """A broken held-out sample is quarantined with its reason and the rest are scored."""
+    heldout = tmp_path / "test"
+    shutil.copytree(trained["test"], heldout)
+    with wds.TarWriter(str(heldout / "shards" / "broken.tar"), encoder=False) as sink:
+        sink.write({"__key__": "broken", "jpg": b"not an image"})
+    config = L.LiftingStudyConfig(trained["run"], trained["index"], str(heldout), trained["models"], steps=20)
     result = L.run_lifting_study(config, log=lambda _: None)
+    assert result.quarantine["quarantined"] == 1 and result.quarantine["entries"][0]["key"] == "broken"
+    assert "missing entry 'data.pyd'" in result.quarantine["entries"][0]["reason"]
     assert result.heldout_people == 4
     expected = ["constant", "network"] + [f"lifter_on_{name}" for name in L.INPUTS]
     assert sorted(result.scores) == sorted(expected)
@@ -96,3 +105,4 @@ def test_the_study_scores_every_source_on_the_held_out_people(trained):
     assert result.grid_keypoints["training_people"]["mean_px"] > 0
     markdown = L.to_markdown(result)
     assert "| lifter_on_network_grid |" in markdown and "spread ratio" in markdown
+    assert "Held-out samples quarantined: 1." in markdown
